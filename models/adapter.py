@@ -1,0 +1,35 @@
+"""EmbeddingAdapter: fuse the CLIP tokens of the input photo with its VAE latent (global conditioning).
+
+The latent is max-pooled 2x2, each latent channel becomes one token of the CLIP width, the tokens are
+appended to the CLIP tokens, and a linear map across the token axis (initialised to the identity on
+the CLIP tokens) mixes them back to the CLIP token count.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .config import ModelConfig
+
+
+class EmbeddingAdapter(nn.Module):
+    """`adapter(clip_hidden [b, n, d], vae_latent [b, c, h, w]) -> context [b, n, d]`."""
+
+    def __init__(self, config: ModelConfig | None = None, **overrides):
+        super().__init__()
+        config = (config or ModelConfig()).replace(**overrides) if overrides else (config or ModelConfig())
+        self.config = config
+        h, w = config.latent_size
+        n, d, c = config.context_tokens, config.context_dim, config.channels
+        self.pool = nn.MaxPool2d(2)
+        self.vae2clip = nn.Linear((h // 2) * (w // 2), d)  # paper: 40 * 32 = 1280 -> 768
+        self.linear1 = nn.Linear(n + c, n)  # paper: 54 tokens -> 50
+        with torch.no_grad():
+            self.linear1.weight.copy_(torch.eye(n, n + c))
+
+    def forward(self, clip_hidden, vae_latent):
+        latent_tokens = self.vae2clip(rearrange(self.pool(vae_latent), "b c h w -> b c (h w)"))  # [b, c, d]
+        tokens = torch.cat((clip_hidden, latent_tokens), dim=1)  # [b, n + c, d]
+        return rearrange(self.linear1(rearrange(tokens, "b n d -> b d n")), "b d n -> b n d")

@@ -1,0 +1,206 @@
+"""Checkpoint reading and writing.
+
+Two formats are read:
+- released: the authors' `torch.save({'net', 'adapter'[, 'opt']})`; it means the paper configuration
+  and `legacy` preprocessing (the released weights were trained on [0, 1] VAE input).
+- ours: the same keys plus `format`, `version`, `config` (a `ModelConfig` dict, preprocessing
+  included) and whatever training state the trainer adds (optimizer, EMA, step, RNG states...).
+Our exported `.safetensors` files (weights under `net.` / `adapter.` with the config in the metadata)
+load through the same `load_checkpoint`.
+
+Writes are atomic: a temporary file in the same directory is flushed to disk and renamed over the
+target, so a crash mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .adapter import EmbeddingAdapter
+from .config import ModelConfig
+from .unet import SpaceTimeUnet
+
+FORMAT = "fashionflow"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def atomic_torch_save(obj, path) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _strip_module_prefix(state: dict) -> dict:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint file of either format into a dict with `net`, `adapter`, `config` (ModelConfig) and `format`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; download the released FashionFlow_checkpoint.pth into checkpoint/ "
+            "or pass the path of one of your own checkpoints"
+        )
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, map_location)
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or holds pickled objects we refuse to run
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}. Is it a complete FashionFlow checkpoint?") from err
+    if not isinstance(raw, dict) or "net" not in raw or "adapter" not in raw:
+        keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path} is not a FashionFlow checkpoint: expected keys 'net' and 'adapter', found {keys}")
+    ckpt = dict(raw)
+    ckpt["net"] = _strip_module_prefix(raw["net"])
+    ckpt["adapter"] = _strip_module_prefix(raw["adapter"])
+    if raw.get("format") == FORMAT:
+        ckpt["config"] = ModelConfig.from_dict(raw["config"])
+    else:
+        ckpt["format"] = "released"
+        ckpt["config"] = ModelConfig(preprocessing="legacy")
+    return ckpt
+
+
+def _read_safetensors(path: Path, map_location) -> dict:
+    from safetensors import safe_open
+
+    device = str(map_location) if map_location is not None else "cpu"
+    with safe_open(str(path), framework="pt", device=device) as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"{path} is not a FashionFlow safetensors export (no '{FORMAT}' config in its metadata)")
+    split = {"net": {}, "adapter": {}}
+    for key, value in tensors.items():
+        part, _, name = key.partition(".")
+        if part not in split:
+            raise CheckpointError(f"{path}: unexpected tensor {key!r}; expected names under 'net.' or 'adapter.'")
+        split[part][name] = value
+    return {**split, "format": FORMAT, "config": ModelConfig.from_dict(json.loads(meta["config"]))}
+
+
+def load_state_strict(module: nn.Module, state: dict, *, what: str, path) -> None:
+    """`load_state_dict(strict=True)` with an error that lists missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        def head(items):
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+        parts = [f"{name} ({len(items)}): {head(items)}" for name, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {what} built from its config: " + "; ".join(parts)
+            + ". Was it written for another model configuration?"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def build_models(config: ModelConfig) -> tuple[SpaceTimeUnet, EmbeddingAdapter]:
+    return SpaceTimeUnet(config), EmbeddingAdapter(config)
+
+
+def load_checkpoint(path, map_location="cpu", *, use_ema: bool = True, config_overrides: dict | None = None):
+    """Build and load `(unet, adapter, config)` from a checkpoint of either format (EMA weights when present)."""
+    ckpt = read_checkpoint(path, map_location)
+    config = ckpt["config"].replace(**(config_overrides or {}))
+    weights = ckpt["ema"] if use_ema and isinstance(ckpt.get("ema"), dict) else ckpt
+    unet, adapter = build_models(config)
+    load_state_strict(unet, weights["net"], what="SpaceTimeUnet", path=path)
+    load_state_strict(adapter, weights["adapter"], what="EmbeddingAdapter", path=path)
+    return unet.to(map_location).eval(), adapter.to(map_location).eval(), config
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module behind DistributedDataParallel / torch.compile wrappers."""
+    module = getattr(module, "module", module)
+    return getattr(module, "_orig_mod", module)
+
+
+def checkpoint_dict(unet: nn.Module, adapter: nn.Module, config: ModelConfig, **extra) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "net": unwrap(unet).state_dict(),
+        "adapter": unwrap(adapter).state_dict(),
+        **extra,
+    }
+
+
+def save_checkpoint(path, unet: nn.Module, adapter: nn.Module, config: ModelConfig, **extra) -> Path:
+    """Atomically write our format; `extra` holds training state (opt, ema, step, rng, ...), all weights-only loadable."""
+    return atomic_torch_save(checkpoint_dict(unet, adapter, config, **extra), path)
+
+
+def save_released_format(path, unet: nn.Module, adapter: nn.Module) -> Path:
+    """Write the authors' layout `{'net', 'adapter'}` (for sharing with the original code)."""
+    return atomic_torch_save({"net": unwrap(unet).state_dict(), "adapter": unwrap(adapter).state_dict()}, path)
+
+
+def export_safetensors(path, unet: nn.Module, adapter: nn.Module, config: ModelConfig) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {f"net.{k}": v.contiguous() for k, v in unwrap(unet).state_dict().items()}
+    tensors.update({f"adapter.{k}": v.contiguous() for k, v in unwrap(adapter).state_dict().items()})
+    meta = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(config.to_dict())}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def latest_checkpoint(directory) -> Path | None:
+    """Newest `*.pth` of ours in `directory` by training step (file name `step_<n>.pth`), else by mtime."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    candidates = [p for p in directory.glob("*.pth") if not p.name.startswith(".")]
+    if not candidates:
+        return None
+
+    def step_of(p: Path):
+        stem = p.stem
+        digits = stem.rsplit("_", 1)[-1]
+        return (int(digits) if digits.isdigit() else -1, p.stat().st_mtime)
+
+    return max(candidates, key=step_of)
