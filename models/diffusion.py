@@ -10,7 +10,7 @@ Latent layout here: [b, c, f, h, w].
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
     """A diffusers scheduler over the FashionFlow betas with `num_steps` inference steps set.
 
     `ddpm` with 1000 steps is the original's ancestral sampler (posterior variance, no clipping).
-    `ddim` and `dpmsolver++` use trailing timestep spacing so the first step starts from pure noise.
+    Timesteps are spaced "trailing", so fewer steps still start from pure noise (t = 999).
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
@@ -79,7 +79,9 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
         raise ValueError(f"steps must be between 1 and {len(betas)}, got {num_steps}")
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type="epsilon")
     if name == "ddpm":
-        scheduler = DDPMScheduler(**common, variance_type="fixed_small", clip_sample=False)
+        scheduler = DDPMScheduler(
+            **common, variance_type="fixed_small", clip_sample=False, timestep_spacing="trailing"
+        )
     elif name == "ddim":
         scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     else:
