@@ -1,0 +1,340 @@
+"""The frozen encoders (SPEC "Frozen encoders"): the Stable Diffusion VAE, the CLIP vision tower, and how pixels
+are fed to them.
+
+`preprocessing` picks the pixel mapping:
+- 'legacy': what the original did and what the released checkpoint was trained on: the VAE sees [0, 1] pixels
+  (it was trained on [-1, 1]) and decodes with a plain clamp; CLIP sees transformers 4.36.2's CLIPProcessor
+  output for float [0, 1] input, which rescales by 1/255 twice (near-black images).
+- 'standard': the VAE sees [-1, 1] and decodes back with (x + 1) / 2; CLIP sees the usual CLIPImageProcessor
+  output for uint8 input.
+CLIP preprocessing is written out here with PIL and numpy, so it does not change with the transformers version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+from torch import nn
+
+from .config import DEFAULT_CLIP, DEFAULT_VAE, PREPROCESSING_MODES
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class EncoderNotFoundError(FileNotFoundError):
+    """A frozen encoder is neither a local directory, nor in the Hugging Face cache, nor reachable on the hub."""
+
+
+def _check_mode(mode: str):
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING_MODES}, got {mode!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment again so a later setting counts
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _looks_like_path(name: str) -> bool:
+    # hub ids are "name" or "owner/name"; anything else that does not exist is a missing local directory
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def _read_config(directory: Path) -> dict | None:
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise EncoderNotFoundError(f"cannot read {path}: {error}; re-save the model with save_pretrained") from error
+
+
+def _not_found(what: str, name: str, flag: str, reason: str, *, hub_id: bool = False) -> EncoderNotFoundError:
+    fix = (
+        f"Download it once on a machine with internet access (`hf download {name}` fills the Hugging Face cache) "
+        f"or pass a local directory with `{flag} PATH`"
+        if hub_id
+        else f"Pass a directory written by save_pretrained with `{flag} PATH`"
+    )
+    return EncoderNotFoundError(f"cannot load the {what} {name!r}: {reason}. {fix}.")
+
+
+def _load_frozen(cls, name_or_path, *, what: str, flag: str, local_subfolder, hub_subfolders, **load_kwargs):
+    """Load `cls` frozen from a local directory (`local_subfolder(dir)` says where in it) or a hub id."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        subfolder = local_subfolder(path)
+        directory = path / subfolder if subfolder else path
+        try:
+            model = cls.from_pretrained(directory, local_files_only=True, **load_kwargs)
+        except OSError as error:
+            raise _not_found(what, name, flag, f"{directory} does not hold a loadable model ({error})") from error
+    elif _looks_like_path(name):
+        raise _not_found(what, name, flag, f"there is no directory {path}")
+    else:
+        model, errors = None, []
+        attempts = [True] if _hub_offline() else [True, False]  # the local cache first: offline machines fail fast
+        for local_files_only in attempts:
+            for subfolder in hub_subfolders:
+                where = dict(subfolder=subfolder) if subfolder else {}
+                try:
+                    model = cls.from_pretrained(name, local_files_only=local_files_only, **where, **load_kwargs)
+                    break
+                except OSError as error:
+                    errors.append(error)
+            if model is not None:
+                break
+        if model is None:
+            hub_error = errors[-len(hub_subfolders)]  # the first layout tried online says most
+            reason = "it is not in the local Hugging Face cache" + (
+                " and HF_HUB_OFFLINE is set" if _hub_offline() else f" and the hub failed ({hub_error})"
+            )
+            raise _not_found(what, name, flag, reason, hub_id=True) from errors[-1]
+    return model.requires_grad_(False).eval()
+
+
+def _vae_subfolder(directory: Path) -> str | None:
+    config = _read_config(directory)
+    if config is not None and config.get("_class_name") == "AutoencoderKL":
+        return None
+    if (directory / "vae" / "config.json").is_file():
+        return "vae"
+    raise _not_found(
+        "VAE", str(directory), "--vae", f"{directory} holds neither an AutoencoderKL config.json nor a vae/ subfolder"
+    )
+
+
+def _clip_subfolder(directory: Path) -> str | None:
+    config = _read_config(directory)
+    if config is not None and "_class_name" not in config:  # diffusers configs carry _class_name, transformers' do not
+        return None
+    for subfolder in ("clip", "image_encoder"):
+        if (directory / subfolder / "config.json").is_file():
+            return subfolder
+    raise _not_found(
+        "CLIP vision model",
+        str(directory),
+        "--clip",
+        f"{directory} holds neither a transformers config.json nor a clip/ or image_encoder/ subfolder",
+    )
+
+
+def load_vae(name_or_path: str | Path = DEFAULT_VAE, *, device="cpu", dtype=torch.float32):
+    """A frozen diffusers AutoencoderKL from a hub id (its `vae` subfolder, or the repo itself), a VAE directory,
+    or a pipeline directory with a `vae/` subfolder."""
+    from diffusers import AutoencoderKL
+
+    vae = _load_frozen(
+        AutoencoderKL,
+        name_or_path,
+        what="VAE",
+        flag="--vae",
+        local_subfolder=_vae_subfolder,
+        hub_subfolders=("vae", None),
+        torch_dtype=dtype,
+        low_cpu_mem_usage=False,
+    )
+    return vae.to(device)
+
+
+def load_clip(name_or_path: str | Path = DEFAULT_CLIP, *, device="cpu", dtype=torch.float32):
+    """A frozen transformers CLIPVisionModel from a hub id, a CLIP (vision) directory, or a directory with a `clip/`
+    or `image_encoder/` subfolder."""
+    from transformers import CLIPVisionModel
+
+    clip = _load_frozen(
+        CLIPVisionModel,
+        name_or_path,
+        what="CLIP vision model",
+        flag="--clip",
+        local_subfolder=_clip_subfolder,
+        hub_subfolders=(None,),
+        dtype=dtype,
+    )
+    return clip.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------- CLIP pixels
+
+
+def _shortest_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    # transformers' get_resize_output_image_size(default_to_square=False): the long side is truncated
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def _resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: PIL bicubic shortest-side resize, then transformers' center crop."""
+    height, width = _shortest_side_size(*image.shape[:2], size)
+    resized = np.asarray(Image.fromarray(image).resize((width, height), resample=Image.BICUBIC))
+    top, left = (height - size) // 2, (width - size) // 2
+    return resized[top : top + size, left : left + size]
+
+
+def preprocess_clip(images: torch.Tensor, mode: str, size: int = 224) -> torch.Tensor:
+    """CLIP pixel values [B, 3, size, size] (float32, on the CPU) from images [B, 3, H, W] in [0, 1].
+
+    'legacy' reproduces transformers 4.36.2's CLIPProcessor given float [0, 1] tensors, as the original did: it
+    truncates to uint8 for PIL, resizes, divides by 255, then rescales by 1/255 again before normalising.
+    'standard' is CLIPImageProcessor given uint8 images: rounded to uint8, resized, divided by 255 once.
+    """
+    _check_mode(mode)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"preprocess_clip expects images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+    # float32 as the original's tensors were: x * 255 in float32 is what its truncation saw
+    scaled = images.detach().to("cpu", torch.float32).clamp(0, 1) * 255
+    pixels = scaled.to(torch.uint8) if mode == "legacy" else scaled.round().to(torch.uint8)
+    crops = [_resize_and_center_crop(image, size) for image in rearrange(pixels, "b c h w -> b h w c").numpy()]
+    values = torch.from_numpy(rearrange(np.stack(crops), "b h w c -> b c h w").astype(np.float32)) * (1 / 255)
+    if mode == "legacy":
+        values = values * (1 / 255)
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    return (values - mean) / std
+
+
+# ---------------------------------------------------------------------------------------------------- encoders
+
+
+class FrozenEncoders(nn.Module):
+    """The VAE and CLIP vision tower, frozen, with the pixel mapping of `preprocessing` ('legacy' or 'standard').
+
+    Pixels in and out are float [0, 1] tensors [N, 3, H, W]; latents are VAE samples times the VAE's scaling
+    factor, [N, C, H / downscale, W / downscale].
+    """
+
+    def __init__(self, vae, clip, *, preprocessing: str = "legacy"):
+        super().__init__()
+        _check_mode(preprocessing)
+        self.vae = vae.requires_grad_(False).eval()
+        self.clip = clip.requires_grad_(False).eval()
+        self.preprocessing = preprocessing
+
+    @classmethod
+    def from_pretrained(
+        cls, *, vae=DEFAULT_VAE, clip=DEFAULT_CLIP, preprocessing: str = "legacy", device="cpu", dtype=torch.float32
+    ) -> FrozenEncoders:
+        _check_mode(preprocessing)
+        return cls(
+            load_vae(vae, device=device, dtype=dtype),
+            load_clip(clip, device=device, dtype=dtype),
+            preprocessing=preprocessing,
+        )
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> FrozenEncoders:
+        """From a ModelConfig's `vae`, `clip` and `preprocessing`; keyword arguments override them."""
+        kwargs = dict(vae=config.vae, clip=config.clip, preprocessing=config.preprocessing) | kwargs
+        return cls.from_pretrained(**kwargs)
+
+    def train(self, mode: bool = True) -> FrozenEncoders:
+        return super().train(False)  # frozen: stays in eval mode inside a module being trained
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def clip_size(self) -> int:
+        return int(self.clip.config.image_size)
+
+    @property
+    def context_tokens(self) -> int:
+        return (self.clip.config.image_size // self.clip.config.patch_size) ** 2 + 1  # patches + class token
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.clip.config.hidden_size)
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        if height % self.downscale or width % self.downscale:
+            raise ValueError(
+                f"frame size {height}x{width} must divide by the VAE's downscale factor {self.downscale}; "
+                "resize the frames (the paper uses 640x512)"
+            )
+        return height // self.downscale, width // self.downscale
+
+    def check_config(self, config):
+        """Raise ValueError if a ModelConfig's context or latent channels disagree with these encoders."""
+        mine = (self.context_tokens, self.context_dim, self.latent_channels)
+        theirs = (config.context_tokens, config.context_dim, config.channels)
+        if mine != theirs:
+            raise ValueError(
+                f"the encoders give (context_tokens, context_dim, latent_channels) = {mine} but the model config "
+                f"expects {theirs}; pass the VAE and CLIP the model was trained with (--vae, --clip)"
+            )
+
+    def _to_vae_range(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames if self.preprocessing == "legacy" else frames * 2 - 1
+
+    def _from_vae_range(self, decoded: torch.Tensor) -> torch.Tensor:
+        pixels = decoded if self.preprocessing == "legacy" else (decoded + 1) / 2
+        return pixels.clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, *, generator: torch.Generator | None = None, chunk_size: int = 8):
+        """Frames [N, 3, H, W] in [0, 1] -> sampled, scaled latents [N, C, H / downscale, W / downscale].
+
+        The noise of the posterior sample is drawn for all N frames at once, so the result does not depend on
+        chunk_size; with one chunk it equals `latent_dist.sample(generator)` exactly.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"encode_frames expects frames [N, 3, H, W] in [0, 1], got shape {tuple(frames.shape)}")
+        height, width = self.latent_size(*frames.shape[-2:])
+        pixels = self._to_vae_range(frames.to(device=self.device, dtype=self.dtype))
+        shape = (len(frames), self.latent_channels, height, width)
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = []
+        for start in range(0, len(frames), chunk_size):
+            posterior = self.vae.encode(pixels[start : start + chunk_size]).latent_dist
+            latents.append(posterior.mean + posterior.std * noise[start : start + chunk_size])
+        return torch.cat(latents) * self.latent_scale
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int = 8) -> torch.Tensor:
+        """Scaled latents [N, C, h, w] -> frames [N, 3, h * downscale, w * downscale] in [0, 1]."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"decode_latents expects latents [N, {self.latent_channels}, h, w], got shape {tuple(latents.shape)}"
+            )
+        latents = latents.to(device=self.device, dtype=self.dtype) / self.latent_scale
+        decoded = [self.vae.decode(chunk).sample for chunk in latents.split(chunk_size)]
+        return self._from_vae_range(torch.cat(decoded))
+
+    @torch.no_grad()
+    def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> CLIP last_hidden_state [B, context_tokens, context_dim]."""
+        pixel_values = preprocess_clip(images, self.preprocessing, size=self.clip_size)
+        return self.clip(pixel_values=pixel_values.to(device=self.device, dtype=self.dtype)).last_hidden_state
