@@ -1,0 +1,215 @@
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.data import LatentVideoDataset, merge_manifests, read_manifest
+from models.projection import choose_starts, load_vae_encoders, project_dataset
+from models.tiny_components import save_tiny_encoders
+from models.video_io import read_video_frames, write_mp4
+from project_latent_space import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 48)  # the tiny preset's frames (H, W)
+BAD = {
+    "empty.mp4": "empty or not a video",
+    "notavideo.mp4": "not a video",
+    "truncated.mp4": "truncated",
+    "short.mp4": "too short: 3 frames, need 8",
+}
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    vae, _ = save_tiny_encoders(tmp_path_factory.mktemp("encoders"))
+    return vae
+
+
+@pytest.fixture(scope="module")
+def good_videos(samples_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    for video in sorted((samples_dir / "videos").glob("*.mp4")):
+        shutil.copy(video, folder / video.name)
+    assert len(list(folder.iterdir())) >= 2
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_videos(good_videos, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed")
+    for video in good_videos.iterdir():
+        shutil.copy(video, folder / video.name)
+    real = sorted(good_videos.iterdir())[0].read_bytes()
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "truncated.mp4").write_bytes(real[: int(len(real) * 0.3)])
+    (folder / "notavideo.mp4").write_text("these are shopping notes, not a video\n")
+    write_mp4(torch.rand(3, 3, *SIZE, generator=torch.Generator().manual_seed(0)), folder / "short.mp4")
+    return folder
+
+
+def project(dataset, output, vae_dir, *extra) -> int:
+    argv = ["--dataset", str(dataset), "--output_dir", str(output), "--preset", "tiny", "--vae", str(vae_dir)]
+    return main([*argv, "--device", "cpu", "--no_progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def mixed_run(mixed_videos, vae_dir, tmp_path_factory):
+    """The script as a user runs it, on real clips and broken files."""
+    output = tmp_path_factory.mktemp("projected")
+    command = [sys.executable, "project_latent_space.py", "--dataset", str(mixed_videos), "--output_dir", str(output),
+               "--preset", "tiny", "--vae", str(vae_dir), "--device", "cpu", "--batch_size", "3"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return result, output
+
+
+def test_script_projects_good_videos_and_names_each_bad_one(mixed_run, mixed_videos):
+    result, output = mixed_run
+    assert result.returncode == 0, result.stderr
+    log = result.stdout + result.stderr
+    for name, reason in BAD.items():
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(name))
+        assert reason in line, (name, line)
+        assert not (output / f"{name[:-4]}.pt").exists()
+    assert "projected     2 clips" in result.stdout and "skipped       4 videos" in result.stdout, log
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        ["blue01.pt", "blue01_image.pt", "green03.pt", "green03_image.pt", "manifest.jsonl"]
+    )  # no temporary files left behind
+
+
+def test_outputs_match_the_source_frames_and_the_manifest(mixed_run, mixed_videos):
+    _, output = mixed_run
+    manifest = read_manifest(output)
+    assert sorted(manifest) == ["blue01", "green03"]
+    for name, entry in manifest.items():
+        assert entry["source"] == str(mixed_videos / f"{name}.mp4")
+        assert (entry["frames"], entry["size"], entry["latent_shape"]) == (8, [64, 48], [8, 4, 16, 12])
+        assert (entry["preprocessing"], entry["seed"], entry["clip_index"]) == ("standard", 0, 0)
+        assert 0 <= entry["start_frame"] <= 70 - 8
+        image = torch.load(output / f"{name}_image.pt", weights_only=True)
+        latents = torch.load(output / f"{name}.pt", weights_only=True)
+        assert image.shape == (3, 64, 48) and image.dtype == torch.float32
+        assert latents.shape == (8, 4, 16, 12) and torch.isfinite(latents).all()
+        first = read_video_frames(entry["source"], start=entry["start_frame"], count=1, size=SIZE)[0]
+        torch.testing.assert_close(image, first, atol=0, rtol=0)  # the clip really starts at start_frame
+    assert manifest["blue01"]["start_frame"] != manifest["green03"]["start_frame"]
+    dataset = LatentVideoDataset(output, frames=8, preprocessing="standard")
+    assert [dataset[i]["latents"].shape for i in range(len(dataset))] == [(8, 4, 16, 12)] * 2
+
+
+def test_rerun_resumes_and_is_deterministic(good_videos, vae_dir, tmp_path, capsys):
+    assert project(good_videos, tmp_path, vae_dir, "--clips_per_video", "2") == 0
+    names = ["blue01", "blue01_clip1", "green03", "green03_clip1"]
+    assert sorted(read_manifest(tmp_path)) == names
+    first = {n: torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in names}
+    starts = {n: e["start_frame"] for n, e in read_manifest(tmp_path).items()}
+    for stem in ("blue01", "green03"):  # two clips of 8 in 70 frames never overlap
+        assert abs(starts[stem] - starts[f"{stem}_clip1"]) >= 8
+    # a crash after writing green03_clip1's tensors but mid-way through its manifest line
+    manifest = tmp_path / "manifest.jsonl"
+    kept = [line for line in manifest.read_text().splitlines() if '"green03_clip1"' not in line]
+    manifest.write_text("\n".join(kept) + '\n{"name": "green03_cl')
+    (tmp_path / "blue01.pt").touch()
+    before = (tmp_path / "blue01.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="manifest.jsonl:4: ignoring a line"):  # the closed-off partial line
+        assert project(good_videos, tmp_path, vae_dir, "--clips_per_video", "2") == 0
+    report = capsys.readouterr().out
+    assert "projected     1 clips" in report and "already done  3 clips" in report
+    assert (tmp_path / "blue01.pt").stat().st_mtime_ns == before  # done clips are not rewritten
+    assert sorted(read_manifest(tmp_path)) == names
+    for n in names:  # seeded per video: the re-projected clip is the same as the first time
+        torch.testing.assert_close(torch.load(tmp_path / f"{n}.pt", weights_only=True), first[n])
+
+
+def test_other_settings_into_the_same_folder_are_refused(good_videos, vae_dir, tmp_path):
+    assert project(good_videos, tmp_path, vae_dir) == 0
+    with pytest.raises(ValueError, match=r"frames=8 \(now 16\).*new --output_dir"):
+        project(good_videos, tmp_path, vae_dir, "--frames", "16")
+
+
+def test_only_bad_videos_exit_nonzero(mixed_videos, vae_dir, tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in BAD:
+        shutil.copy(mixed_videos / name, folder / name)
+    assert project(folder, tmp_path / "out", vae_dir) == 1
+    assert "skipped       4 videos" in capsys.readouterr().out
+
+
+class FailingOnce:
+    """Real encoders that fail on the first clip, as a driver error would."""
+
+    def __init__(self, encoders):
+        self.encoders, self.calls = encoders, 0
+
+    def latent_size(self, height, width):
+        return self.encoders.latent_size(height, width)
+
+    def encode_frames(self, frames, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("device lost")
+        return self.encoders.encode_frames(frames, **kwargs)
+
+
+def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path):
+    encoders = FailingOnce(load_vae_encoders(vae_dir, preprocessing="standard"))
+    summary = project_dataset(good_videos, tmp_path, encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert list(summary.failed) == ["blue01.mp4"] and "RuntimeError: device lost" in summary.failed["blue01.mp4"]
+    assert summary.projected == ["green03"] and summary.exit_code == 1
+    assert "blue01.mp4: RuntimeError: device lost" in summary.report()
+
+
+def test_ranks_split_the_videos_with_the_same_result(good_videos, vae_dir, tmp_path):
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    options = dict(frames=8, size=SIZE, preprocessing="standard", vae=str(vae_dir), progress=False)
+    single = project_dataset(good_videos, tmp_path / "one", encoders, **options)
+    parts = [project_dataset(good_videos, tmp_path / "two", encoders, rank=r, world_size=2, **options) for r in (0, 1)]
+    assert [p.projected for p in parts] == [["blue01"], ["green03"]] and single.projected == ["blue01", "green03"]
+    assert sorted(p.name for p in (tmp_path / "two").glob("manifest*")) == ["manifest.rank0.jsonl", "manifest.rank1.jsonl"]
+    merge_manifests(tmp_path / "two")
+    assert [p.name for p in (tmp_path / "two").glob("manifest*")] == ["manifest.jsonl"]
+    one, two = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "two")
+    assert one == two
+    for name in one:
+        torch.testing.assert_close(
+            torch.load(tmp_path / "one" / f"{name}.pt", weights_only=True),
+            torch.load(tmp_path / "two" / f"{name}.pt", weights_only=True),
+        )
+
+
+def test_clashing_output_names_are_skipped(good_videos, vae_dir, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(good_videos / "blue01.mp4", folder / "blue01.mp4")
+    shutil.copy(good_videos / "blue01.mp4", folder / "blue01.mov")
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["blue01"]
+    assert "clash with blue01.mov" in summary.skipped["blue01.mp4"]
+
+
+@pytest.mark.parametrize("length,frames,clips", [(70, 8, 1), (70, 8, 3), (70, 8, 8), (241, 70, 3), (16, 8, 2)])
+def test_choose_starts_places_non_overlapping_clips_inside_the_video(length, frames, clips):
+    for seed in range(200):
+        starts = choose_starts(length, frames, clips, random.Random(seed))
+        assert len(starts) == clips and starts == sorted(starts)
+        assert starts[0] >= 0 and starts[-1] + frames <= length
+        assert all(b - a >= frames for a, b in zip(starts, starts[1:]))
+    firsts = {choose_starts(length, frames, 1, random.Random(s))[0] for s in range(3000)}
+    assert firsts == set(range(length - frames + 1))  # every start can be drawn
+
+
+def test_choose_starts_when_clips_must_overlap():
+    starts = choose_starts(10, 8, 5, random.Random(0))
+    assert starts == [0, 1, 2]  # only three distinct starts exist
+    assert choose_starts(7, 8, 1, random.Random(0)) == []
+    overlapping = choose_starts(20, 8, 3, random.Random(0))
+    assert overlapping == [0, 6, 12] and np.all(np.diff(overlapping) > 0)
