@@ -1,0 +1,562 @@
+"""Training: `TrainConfig` (every default in one block) and `train(cfg)` (one loop).
+
+Faithful by default to the original (SPEC "Training setup"): per-GPU batch 2, AdamW lr 1e-4 and weight
+decay 0.01, 2500 epochs, fp32, no gradient clipping, constant learning rate, the frame-conditioned
+eps objective with CLIP + VAE-latent context. What the original lacked is added around it: a seeded
+per-rank generator for every random draw, `set_epoch` each epoch, EMA weights, atomic resumable
+checkpoints and a guard against non-finite losses.
+
+Resume by rerunning the same command (EDM2 style): `resume='auto'` continues from the newest
+checkpoint in `output_dir`. A checkpoint holds weights, optimizer, scheduler, scaler, EMA, step, the
+data position (epoch and batch within it) and every rank's RNG states, so a resumed run follows the
+same trajectory as an uninterrupted one. `output_dir` must be visible to every rank (shared storage
+for multi-node runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from .checkpoint import build_models, latest_checkpoint, load_state_strict, read_checkpoint, save_checkpoint, unwrap
+from .config import ModelConfig, get_preset
+from .diffusion import NoiseSchedule, frame_conditioned_loss
+from .distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT_PREFIX = "step_"
+
+
+@dataclass
+class TrainConfig:
+    # data and output folders (the original's names)
+    dataset_vae: str = "fashion_dataset_tensor"  # projected latents: <name>.pt, <name>_image.pt, manifest.jsonl
+    output_dir: str = "checkpoint"
+    log_dir: str = "video_progress"
+    sample_dir: str = "training_sample"
+    # model: a fresh run builds get_preset(preset) with these overrides; a resumed run takes the checkpoint's
+    preset: str = "paper"
+    preprocessing: str | None = None
+    vae: str | None = None  # where the frozen encoders are loaded from (default: the model config's ids)
+    clip: str | None = None
+    frames: int | None = None  # clip length taken from each projected video; default: the model config's
+    # optimisation (SPEC "Training setup")
+    batch_size: int = 2  # per process
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    epochs: int = 2500
+    max_steps: int | None = None  # optimizer steps; overrides `epochs` when set
+    grad_accum: int = 1
+    warmup_steps: int = 0  # linear warm-up, then constant (the original: constant, no warm-up)
+    grad_clip: float | None = None  # max global gradient norm; None or 0 = off (the original has none)
+    ema_decay: float = 0.9999  # 0 = no EMA; ramped up as min(decay, (1 + n) / (10 + n)) over the first updates
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    grad_checkpointing: bool = False
+    # bookkeeping
+    seed: int = 0
+    resume: str = "auto"  # 'auto' (newest checkpoint in output_dir, else fresh), 'none', or a checkpoint path
+    checkpoint_every: int = 1000  # optimizer steps; the last step is always saved
+    keep_last: int = 3  # step checkpoints kept in output_dir (0 = keep all)
+    log_every: int = 10
+    sample_every: int = 5000  # 0 = no sample videos
+    sample_sampler: str | None = None  # default: the pipeline's fast default
+    sample_steps: int | None = None
+    max_nonfinite: int = 5  # consecutive skipped steps before giving up
+    num_workers: int = 2
+    device: str | None = None  # default: this rank's GPU, else CPU
+    progress: bool = True
+    export_safetensors: bool = False  # also write <output_dir>/final.safetensors (EMA weights when on)
+
+
+class ResumableSampler(Sampler):
+    """A shuffling `DistributedSampler` whose epoch can start part-way (the first `skip` indices are dropped).
+
+    Skipping slices the index list, so resuming mid-epoch loads no data it does not train on.
+    """
+
+    def __init__(self, dataset, *, num_replicas: int, rank: int, seed: int):
+        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(self.inner)[self.skip :])
+
+    def __len__(self) -> int:
+        return max(len(self.inner) - self.skip, 0)
+
+
+def epoch_batches(loader: DataLoader, sampler: ResumableSampler, *, epoch: int, start_batch: int):
+    """Yield `(epoch, index of the batch within its epoch, batch)` forever, from batch `start_batch` of `epoch`."""
+    while True:
+        sampler.set_epoch(epoch, skip=start_batch * loader.batch_size)
+        for index, batch in enumerate(loader, start=start_batch):
+            yield epoch, index, batch
+        epoch, start_batch = epoch + 1, 0
+
+
+class TrainingObjective(nn.Module):
+    """UNet and adapter under one DDP wrapper; `forward` returns the original's loss for one batch."""
+
+    def __init__(self, unet: nn.Module, adapter: nn.Module, schedule: NoiseSchedule):
+        super().__init__()
+        self.unet, self.adapter, self.schedule = unet, adapter, schedule
+
+    def forward(self, latents, clip_hidden, image_latent, t, noise):  # latents [b, c, f, h, w]
+        context = self.adapter(clip_hidden, image_latent)
+        return frame_conditioned_loss(self.unet, latents, context, self.schedule, t=t, noise=noise)
+
+
+class EMA:
+    """Exponential moving average of the unet and adapter weights (kept on their device, in fp32)."""
+
+    def __init__(self, unet: nn.Module, adapter: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.unet = copy.deepcopy(unwrap(unet)).eval().requires_grad_(False)
+        self.adapter = copy.deepcopy(unwrap(adapter)).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, unet: nn.Module, adapter: nn.Module) -> None:
+        # warm-up so early EMA weights are not dominated by the random initialisation
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for ema, live in ((self.unet, unwrap(unet)), (self.adapter, unwrap(adapter))):
+            ema_params, live_params = list(ema.parameters()), list(live.parameters())
+            torch._foreach_lerp_(ema_params, live_params, 1 - decay)
+            for ema_buf, live_buf in zip(ema.buffers(), live.buffers()):
+                ema_buf.copy_(live_buf)
+
+    def state_dict(self) -> dict:
+        return {"net": self.unet.state_dict(), "adapter": self.adapter.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict, *, path) -> None:
+        load_state_strict(self.unet, state["net"], what="EMA SpaceTimeUnet", path=path)
+        load_state_strict(self.adapter, state["adapter"], what="EMA EmbeddingAdapter", path=path)
+        self.updates = int(state.get("updates", 0))
+
+
+def rank_generator(seed: int, rank: int) -> torch.Generator:
+    """The generator behind every random draw of one rank (timesteps, noise, the VAE's latent sample)."""
+    return torch.Generator().manual_seed(seed * 65_536 + rank)
+
+
+def weights_digest(*modules: nn.Module) -> str:
+    """SHA-256 of all parameters and buffers: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in unwrap(module).state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_resume(resume: str, output_dir) -> Path | None:
+    if resume in ("", "none"):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint; use 'auto', 'none' or an existing .pth file")
+    return path
+
+
+def check_config(cfg: TrainConfig, env: DistEnv) -> None:
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"--precision {cfg.precision!r}: choose one of {sorted(PRECISIONS)}")
+    if cfg.precision == "fp16" and env.device.type == "cpu":
+        raise ValueError("--precision fp16 needs a GPU (CPU autocast runs in bf16); use --precision bf16 or fp32 on CPU")
+    for name in ("batch_size", "grad_accum", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint_every must be at least 1, got {cfg.checkpoint_every}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
+
+
+def model_config_for(cfg: TrainConfig, ckpt: dict | None) -> ModelConfig:
+    """The checkpoint's architecture on resume, else the preset with the flags' overrides."""
+    if ckpt is None:
+        overrides = {k: getattr(cfg, k) for k in ("preprocessing", "vae", "clip") if getattr(cfg, k) is not None}
+        return get_preset(cfg.preset, **overrides)
+    config = ckpt["config"]
+    if cfg.preprocessing is not None and cfg.preprocessing != config.preprocessing:
+        raise ValueError(
+            f"--preprocessing {cfg.preprocessing} conflicts with the checkpoint being resumed, which was trained with "
+            f"'{config.preprocessing}'; drop the flag or start a fresh run in another --output_dir"
+        )
+    return config
+
+
+def open_dataset(cfg: TrainConfig, config: ModelConfig):
+    from .data import LatentVideoDataset
+
+    frames = cfg.frames or config.frames
+    if frames % config.frame_multiple:
+        raise ValueError(f"--frames {frames} must be divisible by {config.frame_multiple} for this model")
+    return LatentVideoDataset(cfg.dataset_vae, frames=frames, preprocessing=config.preprocessing)
+
+
+def check_encoders(encoders, config: ModelConfig) -> None:
+    expected = (config.context_tokens, config.context_dim, config.channels)
+    found = (encoders.context_tokens, encoders.context_dim, encoders.latent_channels)
+    if found != expected:
+        raise ValueError(
+            f"the encoders (--vae {config.vae} / --clip {config.clip}) give {found[0]} CLIP tokens of width {found[1]} "
+            f"and {found[2]} latent channels, but the model expects {expected[0]}x{expected[1]} and {expected[2]}; "
+            "pick the --preset that matches these encoders"
+        )
+
+
+def check_batch(latents: torch.Tensor, image_latent: torch.Tensor, config: ModelConfig, root) -> None:
+    """Fail on the first batch, with the fix, when the data does not fit the model."""
+    want = (config.channels, *config.latent_size)
+    found = (latents.shape[1], *latents.shape[3:])  # latents [b, c, f, h, w]
+    if found != want:
+        raise ValueError(
+            f"{root}: projected latents are [C, h, w] = {list(found)} but the model expects {list(want)}; "
+            "project the videos again at the model's resolution or pick the matching --preset"
+        )
+    if tuple(image_latent.shape[1:]) != want:
+        raise ValueError(
+            f"{root}: the conditioning images encode to latents {list(image_latent.shape[1:])} but the model expects "
+            f"{list(want)}; the images and the model resolution disagree"
+        )
+
+
+def collect_rng_states(generator: torch.Generator, device: torch.device) -> dict:
+    """Every rank's RNG states (a collective: call on all ranks), as lists indexed by rank."""
+    local = {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    gathered = all_gather_objects(local)
+    return {key: [g[key] for g in gathered] for key in local}
+
+
+def restore_rng_states(rng: dict, generator: torch.Generator, env: DistEnv) -> bool:
+    """This rank's saved states; False when the checkpoint came from a run with another world size."""
+    if len(rng.get("generator", [])) != env.world_size:
+        return False
+    generator.set_state(rng["generator"][env.rank])
+    torch.set_rng_state(rng["torch"][env.rank])
+    if env.device.type == "cuda" and rng["cuda"][env.rank] is not None:
+        torch.cuda.set_rng_state(rng["cuda"][env.rank], env.device)
+    return True
+
+
+def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in sorted(output_dir.glob(f"{CHECKPOINT_PREFIX}*.pth"))[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def remove_partial_writes(output_dir: Path) -> None:
+    """Temporary files a killed run left mid-write (atomic_write renames only complete files into place)."""
+    for tmp in output_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def point_latest(output_dir: Path, target: Path) -> None:
+    """`latest.pth` -> newest checkpoint, replaced atomically (a symlink, so no second copy of the weights)."""
+    link = output_dir / "latest.pth"
+    tmp = output_dir / ".latest.pth.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(target.name, tmp)
+        os.replace(tmp, link)
+    except OSError:  # filesystems without symlinks: latest_checkpoint() still finds the newest step file
+        tmp.unlink(missing_ok=True)
+
+
+def add_gif(writer, tag: str, video: torch.Tensor, step: int, *, fps: int = 25) -> None:
+    """Animated GIF of `video` [f, 3, h, w] in [0, 1] as a TensorBoard image.
+
+    tensorboardX's add_video needs moviepy only to make this GIF; PIL makes it here.
+    """
+    from PIL import Image
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    frames = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    h, w = frames.shape[1:3]
+    image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=buffer.getvalue())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+@torch.no_grad()
+def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: ModelConfig, image, step: int) -> Path:
+    """A video from one training image with the project's pipeline: TensorBoard GIF and an mp4 in `sample_dir`."""
+    from .pipeline import FashionFlowPipeline
+    from .video_io import write_mp4
+
+    was_training = unet.training, adapter.training
+    unet.eval(), adapter.eval()
+    options = {k: v for k, v in (("sampler", cfg.sample_sampler), ("steps", cfg.sample_steps)) if v is not None}
+    pipeline = FashionFlowPipeline(unet, adapter, encoders, config)
+    video = pipeline(
+        image[None],
+        generator=torch.Generator().manual_seed(cfg.seed),
+        progress=False,
+        precision=cfg.precision,
+        num_frames=cfg.frames or config.frames,
+        **options,
+    )
+    unet.train(was_training[0]), adapter.train(was_training[1])
+    writer.add_image("sample/input", image.clamp(0, 1).cpu(), step)
+    add_gif(writer, "sample/video", video[0], step)
+    return write_mp4(video[0], Path(cfg.sample_dir) / f"step_{step:07d}.mp4", fps=25)
+
+
+def train(cfg: TrainConfig, *, local_rank: int | None = None) -> dict:
+    """Train (or resume) as described by `cfg`; returns a summary (step, last loss, checkpoint, rank digests)."""
+    env = setup_distributed(cfg.device, local_rank)
+    try:
+        return _train(cfg, env)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainConfig, env: DistEnv) -> dict:
+    from tqdm.auto import tqdm
+
+    from .encoders import FrozenEncoders
+
+    check_config(cfg, env)
+    dev, output_dir = env.device, Path(cfg.output_dir)
+    say = tqdm.write if env.is_main else (lambda message: None)
+
+    # ---- what to resume (rank 0 decides, so every rank loads the same file)
+    if env.is_main:
+        remove_partial_writes(output_dir)
+    resume_path = all_gather_objects(resolve_resume(cfg.resume, output_dir) if env.is_main else None)[0]
+    ckpt = read_checkpoint(resume_path, map_location="cpu") if resume_path is not None else None
+    config = model_config_for(cfg, ckpt)
+
+    # ---- models, identical on every rank
+    torch.manual_seed(cfg.seed)
+    unet, adapter = build_models(config)
+    if ckpt is not None:
+        load_state_strict(unet, ckpt["net"], what="SpaceTimeUnet", path=resume_path)
+        load_state_strict(adapter, ckpt["adapter"], what="EmbeddingAdapter", path=resume_path)
+    unet.enable_gradient_checkpointing(cfg.grad_checkpointing)
+    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(dev).train()
+    model = objective
+    if env.distributed:
+        # buffers are fixed at init and identical on every rank: no per-forward buffer broadcast (as the original)
+        model = DistributedDataParallel(
+            objective,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            forward_sync_buffers=False,
+            gradient_as_bucket_view=True,
+        )
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
+    ema = EMA(unet, adapter, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    encoders = FrozenEncoders.from_pretrained(
+        vae=cfg.vae or config.vae, clip=cfg.clip or config.clip, preprocessing=config.preprocessing, device=dev
+    )
+    check_encoders(encoders, config)
+
+    # ---- data: one sampler code path, distributed or not
+    dataset = open_dataset(cfg, config)
+    sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        pin_memory=dev.type == "cuda",
+    )
+    batches_per_epoch = len(sampler.inner) // cfg.batch_size
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"{cfg.dataset_vae} holds {len(dataset)} videos: too few for {env.world_size} process(es) x batch "
+            f"{cfg.batch_size}; project more videos or lower --batch_size"
+        )
+    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * batches_per_epoch // cfg.grad_accum
+
+    # ---- training state from the checkpoint
+    generator = rank_generator(cfg.seed, env.rank)
+    step, epoch, start_batch = 0, 0, 0
+    if ckpt is not None and "step" in ckpt:
+        opt.load_state_dict(ckpt["opt"])
+        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"], path=resume_path)
+        step, epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        same_layout = ckpt.get("world_size") == env.world_size and ckpt.get("batch_size") == cfg.batch_size
+        if not (same_layout and restore_rng_states(ckpt.get("rng", {}), generator, env)):
+            say(
+                f"{resume_path} was written by a run with another world size or batch size: continuing from the next "
+                "epoch with fresh random streams (the trajectory will differ from an uninterrupted run)"
+            )
+            generator = rank_generator(cfg.seed + step, env.rank)
+            epoch, start_batch = epoch + 1, 0
+        say(f"resuming from {resume_path} at step {step} (epoch {epoch}, batch {start_batch})")
+    elif ckpt is not None:
+        say(f"initialised the weights from {resume_path} (no training state in it): starting at step 0")
+    del ckpt
+
+    writer = None
+    if env.is_main:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(cfg.log_dir)
+    autocast = torch.autocast(dev.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
+    batches = epoch_batches(loader, sampler, epoch=epoch, start_batch=start_batch)
+    bar = tqdm(total=total_steps, initial=step, disable=not (env.is_main and cfg.progress), desc="train")
+    samples_per_step = cfg.batch_size * cfg.grad_accum * env.world_size
+    checked_batch, nonfinite_run, last_saved = False, 0, None
+    log_losses, log_start, loss_value, grad_norm = [], time.perf_counter(), float("nan"), torch.tensor(0.0)
+
+    # ---- the loop: one optimizer step per iteration, `grad_accum` batches each
+    while step < total_steps:
+        loss_sum = torch.zeros((), device=dev)
+        names = []
+        for micro in range(cfg.grad_accum):
+            epoch, index, batch = next(batches)
+            image = batch["image"].to(dev, non_blocking=True)  # [b, 3, H, W] in [0, 1]
+            latents = batch["latents"].to(dev, non_blocking=True).permute(0, 2, 1, 3, 4)  # [b, f, c, h, w] -> [b, c, f, h, w]
+            names += list(batch["name"])
+            with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
+                clip_hidden = encoders.encode_clip(image)
+                image_latent = encoders.encode_frames(image, generator=generator).to(dev)
+            if not checked_batch:
+                check_batch(latents, image_latent, config, cfg.dataset_vae)
+                checked_batch = True
+            t = objective.schedule.sample_timesteps(latents.shape[0], generator=generator, device=dev)
+            noise = torch.randn(latents.shape, generator=generator).to(dev)
+            last_micro = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last_micro or not env.distributed else model.no_sync():
+                with autocast:
+                    loss = model(latents, clip_hidden, image_latent, t, noise)
+                scaler.scale(loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach().float()
+        # the data position after this step: the next batch to read
+        position = (epoch + 1, 0) if index + 1 == batches_per_epoch else (epoch, index + 1)
+
+        stats = all_reduce_mean(torch.stack([loss_sum / cfg.grad_accum, (~torch.isfinite(loss_sum)).float()]))
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+        # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its scale
+        finite = stats[1].item() == 0 and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm)))
+        if finite:
+            scaler.step(opt)
+            lr_scheduler.step()
+            if ema is not None:
+                ema.update(unet, adapter)
+            nonfinite_run = 0
+            loss_value = stats[0].item()
+            log_losses.append(loss_value)
+        else:
+            nonfinite_run += 1
+            all_names = sorted(n for rank_names in all_gather_objects(names) for n in rank_names)
+            say(
+                f"step {step + 1}: non-finite loss or gradient (loss {stats[0].item():.4g}, grad norm "
+                f"{grad_norm.item():.4g}) on videos {all_names}; skipped this update, weights unchanged"
+            )
+            if nonfinite_run >= cfg.max_nonfinite:
+                raise FloatingPointError(
+                    f"{nonfinite_run} consecutive non-finite steps (last at step {step + 1}, videos {all_names}); "
+                    "stopping. Check those videos' projected latents, or try a lower --lr, --precision fp32 "
+                    "or --grad_clip 1.0"
+                )
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        epoch, batch_in_epoch = position
+        bar.update(1)
+
+        if env.is_main and (step % cfg.log_every == 0 or step == total_steps) and log_losses:
+            elapsed = time.perf_counter() - log_start
+            mean_loss = sum(log_losses) / len(log_losses)
+            writer.add_scalar("train/loss", mean_loss, step)
+            writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
+            writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+            writer.add_scalar("train/samples_per_sec", samples_per_step * len(log_losses) / max(elapsed, 1e-9), step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
+            log_losses, log_start = [], time.perf_counter()
+
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == total_steps):
+            if env.is_main:
+                sample_unet, sample_adapter = (ema.unet, ema.adapter) if ema is not None else (unet, adapter)
+                path = write_sample(cfg, writer, sample_unet, sample_adapter, encoders, config, image[0], step)
+                say(f"step {step}: sample video {path}")
+            barrier()
+
+        if step % cfg.checkpoint_every == 0 or step == total_steps:
+            digests = all_gather_objects(weights_digest(unet, adapter))
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"step {step}: the ranks' weights diverged (digests {digests}); this is a bug")
+            rng = collect_rng_states(generator, dev)
+            if env.is_main:
+                last_saved = save_checkpoint(
+                    output_dir / f"{CHECKPOINT_PREFIX}{step:07d}.pth",
+                    unet,
+                    adapter,
+                    config,
+                    opt=opt.state_dict(),
+                    lr_scheduler=lr_scheduler.state_dict(),
+                    scaler=scaler.state_dict(),
+                    ema=ema.state_dict() if ema is not None else None,
+                    step=step,
+                    epoch=epoch,
+                    batch_in_epoch=batch_in_epoch,
+                    world_size=env.world_size,
+                    batch_size=cfg.batch_size,
+                    rng=rng,
+                    train_config=asdict(cfg),
+                )
+                point_latest(output_dir, last_saved)
+                prune_checkpoints(output_dir, cfg.keep_last)
+            barrier()
+    bar.close()
+
+    summary = {
+        "step": step,
+        "epoch": epoch,
+        "loss": loss_value,
+        "checkpoint": str(last_saved) if last_saved else None,
+        "rank_weight_digests": all_gather_objects(weights_digest(unet, adapter)),
+        "world_size": env.world_size,
+    }
+    if env.is_main:
+        if cfg.export_safetensors:
+            from .checkpoint import export_safetensors
+
+            final = (ema.unet, ema.adapter) if ema is not None else (unet, adapter)
+            summary["safetensors"] = str(export_safetensors(output_dir / "final.safetensors", *final, config))
+        writer.close()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
