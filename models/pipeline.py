@@ -1,0 +1,252 @@
+"""`FashionFlowPipeline`: photo(s) in, video(s) out; the one sampling path of the project.
+
+Built from a checkpoint plus the frozen encoders (diffusers style), it serves `inference.py`, the
+sample videos of training, the bench and the tests. Steps: `encode_image` (CLIP tokens + VAE latent
+-> adapter context, and the clean latent for frame 0), `prepare_latents` (noise), `denoise` (a
+diffusers scheduler over the FashionFlow betas, frame 0 re-imposed after every step), `decode_latents`
+(VAE, a few frames at a time).
+
+Randomness is per video: each video has its own `torch.Generator` (on the CPU) that draws, in order,
+its VAE latent sample, its initial noise and any sampler noise, so a video depends on its seed only,
+not on the batch it was made in (EDM2's per-sample generators).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from .checkpoint import build_models, load_state_strict, read_checkpoint
+from .config import ModelConfig, get_preset
+from .diffusion import make_scheduler, sample_latents
+
+# Fast default, chosen by bench/bench_inference.py: DPM-Solver++(2M) at 25 steps matched 1000-step DDPM
+# (40x fewer UNet evaluations); see bench/results/.
+DEFAULT_SAMPLER = "dpmsolver++"
+DEFAULT_STEPS = 25
+# The original's procedure (SPEC "Sampling"): ancestral DDPM over all 1000 steps.
+ORIGINAL_SAMPLER, ORIGINAL_STEPS = "ddpm", 1000
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def sample_generator(seed: int, *indices: int) -> torch.Generator:
+    """A CPU generator seeded from `(seed, *indices)` (e.g. input and sample index), well mixed by SeedSequence."""
+    state = np.random.SeedSequence([seed, *indices]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision actually used: fp16 autocast is a CUDA feature, so on other devices fp16 runs as fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        warnings.warn(f"fp16 autocast needs CUDA; running fp32 on {device.type} instead (bf16 also works there)", stacklevel=3)
+        return "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision around the networks (weights stay fp32, as the original's fp16 autocast); fp32: no-op."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def _as_generators(generator, batch: int) -> list[torch.Generator | None]:
+    if isinstance(generator, Sequence):
+        if len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} images; pass one generator per image")
+        return list(generator)
+    if generator is None or batch == 1:
+        return [generator] * batch
+    raise ValueError(
+        "one torch.Generator for several images would make each video depend on the batch; "
+        "pass a list with one generator per image (see sample_generator)"
+    )
+
+
+class FashionFlowPipeline:
+    """`pipeline(images [B, 3, H, W] in [0, 1]) -> video [B, F, 3, H, W] in [0, 1]` (on the CPU)."""
+
+    def __init__(self, unet, adapter, encoders, config: ModelConfig):
+        encoders.check_config(config)
+        self.unet, self.adapter, self.encoders, self.config = unet, adapter, encoders, config
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path,
+        *,
+        vae: str | None = None,
+        clip: str | None = None,
+        preprocessing: str | None = None,
+        preset: str | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        use_ema: bool = True,
+    ) -> FashionFlowPipeline:
+        """Load a checkpoint of either format and its encoders (default: the ones its config names).
+
+        A released-format file carries no config and means the paper's; `preset` names another one for such
+        files (e.g. 'tiny'). Checkpoints of ours record their config, and `preset` is ignored for them.
+        """
+        from .encoders import FrozenEncoders
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        ckpt = read_checkpoint(path, map_location="cpu")
+        config = ckpt["config"]
+        if preset is not None and ckpt["format"] == "released":
+            config = get_preset(preset)
+        elif preset is not None:
+            warnings.warn(f"ignoring preset {preset!r}: checkpoint {path} records its own model config", stacklevel=2)
+        if preprocessing is not None:
+            config = config.replace(preprocessing=preprocessing)
+        weights = ckpt["ema"] if use_ema and isinstance(ckpt.get("ema"), dict) else ckpt
+        unet, adapter = build_models(config)
+        load_state_strict(unet, weights["net"], what="SpaceTimeUnet", path=path)
+        load_state_strict(adapter, weights["adapter"], what="EmbeddingAdapter", path=path)
+        del ckpt, weights
+        dtype = dtype or torch.float32
+        unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        adapter = adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        encoders = FrozenEncoders.from_pretrained(
+            vae=vae or config.vae, clip=clip or config.clip, preprocessing=config.preprocessing, device=device, dtype=dtype
+        )
+        return cls(unet, adapter, encoders, config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of input photos and output frames: the latent size times the VAE's spatial factor."""
+        h, w = self.config.latent_size
+        return h * self.encoders.downscale, w * self.encoders.downscale
+
+    def check_num_frames(self, num_frames: int) -> None:
+        multiple = self.config.frame_multiple
+        if num_frames < 2 or num_frames % multiple:
+            raise ValueError(
+                f"frames must be a multiple of {multiple} (the UNet's temporal downsampling) and at "
+                f"least 2 (frame 0 is the photo), got {num_frames}"
+            )
+
+    def check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.image_size:
+            h, w = self.image_size
+            raise ValueError(
+                f"images must be [B, 3, {h}, {w}] in [0, 1] for this model, got {tuple(images.shape)}; "
+                "resize them first (video_io.load_image does)"
+            )
+
+    @torch.inference_mode()
+    def encode_image(self, images: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`images [B, 3, H, W]` -> (context [B, N, D], clean latent [B, C, h, w]); one VAE draw per image."""
+        images = images.to(self.device)
+        generators = _as_generators(generator, len(images))
+        latents = torch.cat([self.encoders.encode_frames(image[None], generator=g) for image, g in zip(images, generators)])
+        clip_hidden = self.encoders.encode_clip(images)
+        context = self.adapter(clip_hidden.to(latents.dtype), latents)
+        return context, latents
+
+    def prepare_latents(self, batch: int, num_frames: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
+        """Initial noise [B, C, F, h, w], drawn on the CPU per video so every device gives the same video."""
+        shape = (self.config.channels, num_frames, *self.config.latent_size)
+        noise = [torch.randn(shape, generator=g, dtype=dtype) for g in _as_generators(generator, batch)]
+        return torch.stack(noise).to(self.device)
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        image_latent: torch.Tensor,
+        *,
+        sampler: str,
+        steps: int,
+        generator=None,
+        precision: str = "fp32",
+        callback: Callable | None = None,
+    ) -> torch.Tensor:
+        """Run `sampler` for `steps` from noise `latents` [B, C, F, h, w]; scheduler state stays in fp32."""
+        scheduler = make_scheduler(sampler, steps)
+
+        def eps_model(x, t):
+            with autocast(self.device, precision):
+                return self.unet(x, context, timestep=t).float()
+
+        generators = _as_generators(generator, len(latents))
+        if all(g is None for g in generators):
+            generators = None
+        return sample_latents(
+            eps_model, latents, scheduler, first_frame=image_latent.float(), generator=generators, callback=callback
+        )
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8, *, precision: str = "fp32") -> torch.Tensor:
+        """[B, C, F, h, w] -> frames [B, F, 3, H, W] in [0, 1] on the CPU, `chunk_size` frames per VAE call."""
+        if chunk_size < 1:
+            raise ValueError(f"decode chunk size must be >= 1, got {chunk_size}")
+        flat = rearrange(latents, "b c f h w -> (b f) c h w")
+        with autocast(self.device, precision):
+            frames = [
+                self.encoders.decode_latents(chunk, chunk_size=chunk_size).float().cpu() for chunk in flat.split(chunk_size)
+            ]
+        return rearrange(torch.cat(frames), "(b f) c h w -> b f c h w", b=len(latents))
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        images: torch.Tensor,
+        *,
+        num_frames: int | None = None,
+        sampler: str = DEFAULT_SAMPLER,
+        steps: int = DEFAULT_STEPS,
+        generator=None,
+        precision: str = "fp32",
+        decode_chunk_size: int = 8,
+        progress: bool = True,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Videos for `images [B, 3, H, W]` in [0, 1]: float [B, F, 3, H, W] in [0, 1] on the CPU.
+
+        `generator`: None, one torch.Generator (batch of one) or a list with one per image.
+        `callback(step, total, latents)` runs after every denoising step.
+        """
+        from tqdm.auto import tqdm
+
+        num_frames = num_frames or self.config.frames
+        self.check_num_frames(num_frames)
+        self.check_images(images)
+        precision = resolve_precision(precision, self.device)
+        generators = _as_generators(generator, len(images))
+        with autocast(self.device, precision):
+            context, image_latent = self.encode_image(images, generators)
+        latents = self.prepare_latents(len(images), num_frames, generator=generators)
+        bar = tqdm(total=steps, desc=f"{sampler} steps", unit="step", leave=False, disable=not progress)
+
+        def on_step(i, total, x):
+            bar.update()
+            if callback is not None:
+                callback(i, total, x)
+
+        try:
+            latents = self.denoise(
+                latents,
+                context.float(),
+                image_latent,
+                sampler=sampler,
+                steps=steps,
+                generator=generators,
+                precision=precision,
+                callback=on_step,
+            )
+        finally:
+            bar.close()
+        return self.decode_latents(latents, decode_chunk_size, precision=precision)

@@ -1,0 +1,232 @@
+"""inference.py end to end with tiny components on the CPU: both checkpoint formats, seeds, odd photos, errors."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import inference
+from models.checkpoint import build_models, save_checkpoint, save_released_format
+from models.config import get_preset
+from models.video_io import write_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from models.tiny_components import save_tiny_encoders
+
+    root = tmp_path_factory.mktemp("inference")
+    vae, clip = save_tiny_encoders(root / "encoders")
+    config = get_preset("tiny", vae=str(vae), clip=str(clip))
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    dataset = root / "dataset"
+    for i in range(2):
+        frames = torch.rand(6, 3, 40, 30, generator=torch.Generator().manual_seed(i))
+        write_mp4(frames, dataset / f"clip{i}.mp4", fps=25)
+    return dict(
+        root=root,
+        vae=str(vae),
+        clip=str(clip),
+        dataset=dataset,
+        ours=save_checkpoint(root / "ours.pth", unet, adapter, config),
+        released=save_released_format(root / "released.pth", unet, adapter),
+    )
+
+
+def read_back(path: Path):
+    """(frames [F, H, W, 3] uint8, fps) as OpenCV decodes them."""
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return np.stack(frames), fps
+
+
+def args_for(parts, out, *extra):
+    return [
+        "--pretrained_model",
+        str(parts["ours"]),
+        "--output_dir",
+        str(out),
+        "--steps",
+        "2",
+        "--frames",
+        "4",
+        "--fps",
+        "10",
+        "--no_progress",
+        *extra,
+    ]
+
+
+def test_released_format_in_dataset_mode_as_a_subprocess(parts, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "inference.py",
+        "--pretrained_model",
+        str(parts["released"]),
+        "--preset",
+        "tiny",
+        "--vae",
+        parts["vae"],
+        "--clip",
+        parts["clip"],
+        "--dataset",
+        str(parts["dataset"]),
+        "--output_dir",
+        str(out),
+        "--steps",
+        "2",
+        "--frames",
+        "4",
+        "--fps",
+        "10",
+        "--num_of_vid",
+        "2",
+        "--no_progress",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for stem in ("clip0", "clip1"):
+        assert (out / f"{stem}_input.png").is_file()
+        for k in range(2):
+            frames, fps = read_back(out / f"{stem}_sample{k}.mp4")
+            assert frames.shape == (4, 64, 48, 3) and fps == 10
+            meta = json.loads((out / f"{stem}_sample{k}.json").read_text())
+            assert meta["source"] == str(parts["dataset"] / f"{stem}.mp4")
+            assert (meta["start_frame"], meta["frames"], meta["fps"], meta["sample_index"]) == (0, 4, 10, k)
+            assert (meta["sampler"], meta["steps"], meta["seed"], meta["preprocessing"]) == ("dpmsolver++", 2, 0, "standard")
+            assert meta["checkpoint"] == str(parts["released"])
+    samples = [read_back(out / f"clip0_sample{k}.mp4")[0] for k in range(2)]
+    assert np.abs(samples[0][1:].astype(int) - samples[1][1:]).mean() > 1  # each sample has its own seed
+
+
+def test_our_format_photo_with_gif_png_and_default_frames(parts, tmp_path):
+    photo = tmp_path / "look.jpg"
+    Image.new("RGB", (500, 700), (200, 30, 60)).save(photo)
+    args = [
+        "--pretrained_model",
+        str(parts["ours"]),
+        "--image",
+        str(photo),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--steps",
+        "2",
+        "--gif",
+        "--png_frames",
+        "--no_progress",
+    ]
+    assert inference.main(args) == 0
+    frames, fps = read_back(tmp_path / "o" / "look_sample0.mp4")
+    assert frames.shape == (8, 64, 48, 3) and fps == 25  # the checkpoint's frame count, the original's fps
+    assert len(Image.open(tmp_path / "o" / "look_sample0.gif").getdata()) == 64 * 48
+    assert len(list((tmp_path / "o" / "look_sample0_frames").glob("frame_*.png"))) == 8
+    assert Image.open(tmp_path / "o" / "look_input.png").size == (48, 64)
+
+
+def test_same_seed_same_video_whatever_the_batch(parts, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+
+    def video(name, *extra):
+        assert inference.main(args_for(parts, tmp_path / name, "--image", str(photos), *extra)) == 0
+        return read_back(tmp_path / name / "p1_sample0.mp4")[0].astype(int)
+
+    first, again = video("a", "--seed", "3"), video("b", "--seed", "3", "--batch_size", "2")
+    other = video("c", "--seed", "4")
+    assert np.abs(first - again).max() <= 1  # one uint8 step of leeway for float rounding across batch shapes
+    assert np.abs(first[1:] - other[1:]).mean() > 1
+
+
+def odd_photos(folder: Path) -> list[str]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 90), dtype=np.uint8), "L").save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (80, 60, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.new("CMYK", (50, 70), (10, 200, 30, 0)).save(folder / "cmyk.jpg")
+    Image.new("RGB", (3, 2), (0, 255, 0)).save(folder / "tiny.png")
+    Image.new("RGB", (3000, 2200), (0, 0, 255)).save(folder / "huge.jpg", quality=50)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (255, 255, 0)).save(buffer, format="JPEG", exif=exif)
+    (folder / "rotated.jpg").write_bytes(buffer.getvalue())
+    (folder / "notes.jpg").write_text("this is not a photo")
+    return ["gray", "rgba", "cmyk", "tiny", "huge", "rotated"]
+
+
+def test_odd_photos_and_a_text_file_named_jpg(parts, tmp_path, capsys):
+    good = odd_photos(tmp_path / "odd")
+    code = inference.main(args_for(parts, tmp_path / "out", "--image", str(tmp_path / "odd"), "--resize_mode", "crop"))
+    assert code == 1
+    err = capsys.readouterr()
+    assert "notes.jpg" in err.out + err.err and "not an image" in err.out + err.err
+    for stem in good:
+        frames, _ = read_back(tmp_path / "out" / f"{stem}_sample0.mp4")
+        assert frames.shape == (4, 64, 48, 3)
+    assert not list((tmp_path / "out").glob("notes*"))
+
+
+def test_broken_video_is_skipped_and_random_start_frame(parts, tmp_path, capsys):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for name in ("clip0.mp4", "clip1.mp4"):
+        (dataset / name).write_bytes((parts["dataset"] / name).read_bytes())
+    (dataset / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    out = tmp_path / "out"
+    assert inference.main(args_for(parts, out, "--dataset", str(dataset), "--start_frame", "random", "--seed", "1")) == 1
+    assert "broken.mp4" in capsys.readouterr().out
+    starts = [json.loads((out / f"clip{i}_sample0.json").read_text())["start_frame"] for i in range(2)]
+    assert all(0 <= s <= 2 for s in starts)  # 6-frame clips, 4-frame windows
+    assert (
+        inference.main(args_for(parts, tmp_path / "again", "--dataset", str(dataset), "--start_frame", "random", "--seed", "1"))
+        == 1
+    )
+    assert starts == [json.loads((tmp_path / "again" / f"clip{i}_sample0.json").read_text())["start_frame"] for i in range(2)]
+
+
+def test_start_frame_past_the_end_fails_that_video(parts, tmp_path, capsys):
+    assert inference.main(args_for(parts, tmp_path / "o", "--dataset", str(parts["dataset"]), "--start_frame", "9")) == 1
+    assert "too short" in capsys.readouterr().out
+
+
+def test_setup_errors_exit_2_with_a_clear_message(parts, tmp_path, capsys):
+    assert inference.main(["--pretrained_model", str(tmp_path / "missing.pth"), "--image", "x.jpg"]) == 2
+    assert "dropbox.com" in capsys.readouterr().err
+    assert inference.main(args_for(parts, tmp_path / "o", "--image", "x.jpg", "--frames", "5")) == 2
+    assert "multiple of 2" in capsys.readouterr().err
+    assert inference.main(args_for(parts, tmp_path / "o", "--dataset", str(tmp_path / "nowhere"))) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert inference.main(args_for(parts, tmp_path / "o", "--image", "x.jpg", "--vae", str(tmp_path / "novae"))) == 2
+    assert "--vae" in capsys.readouterr().err
+
+
+def test_missing_photo_and_empty_glob_are_reported(parts, tmp_path, capsys):
+    photo = tmp_path / "ok.png"
+    Image.new("RGB", (48, 64)).save(photo)
+    code = inference.main(
+        args_for(parts, tmp_path / "o", "--image", str(photo), str(tmp_path / "gone.jpg"), str(tmp_path / "*.webp"))
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "gone.jpg" in out and "no such file" in out and "no file matches" in out
+    assert (tmp_path / "o" / "ok_sample0.mp4").is_file()

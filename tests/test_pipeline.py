@@ -1,0 +1,180 @@
+"""FashionFlowPipeline with tiny real components on the CPU: shapes, seeding, loading, argument checks."""
+
+import pytest
+import torch
+
+from models.checkpoint import build_models, save_checkpoint, save_released_format
+from models.config import get_preset
+from models.diffusion import make_scheduler
+from models.pipeline import FashionFlowPipeline, resolve_precision, sample_generator
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from models.tiny_components import save_tiny_encoders
+
+    root = tmp_path_factory.mktemp("pipeline")
+    vae, clip = save_tiny_encoders(root / "encoders")
+    config = get_preset("tiny", vae=str(vae), clip=str(clip))
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    ours = save_checkpoint(root / "ours.pth", unet, adapter, config)
+    released = save_released_format(root / "released.pth", unet, adapter)
+    return dict(root=root, vae=vae, clip=clip, ours=ours, released=released)
+
+
+@pytest.fixture(scope="module")
+def pipe(parts):
+    return FashionFlowPipeline.from_checkpoint(parts["ours"], device="cpu")
+
+
+def photos(pipe, n=2, seed=0):
+    return torch.rand(n, 3, *pipe.image_size, generator=torch.Generator().manual_seed(seed))
+
+
+def gens(seed, n, sample=0):
+    return [sample_generator(seed, i, sample) for i in range(n)]
+
+
+def run(pipe, images, **kw):
+    kw = dict(num_frames=4, steps=2, progress=False) | kw
+    return pipe(images, **kw)
+
+
+def test_image_size_comes_from_latent_size_and_vae(pipe):
+    assert pipe.image_size == (64, 48)  # tiny: 16x12 latents, 4x VAE
+    assert pipe.config.frames == 8
+
+
+def test_output_shape_range_and_default_frames(pipe):
+    video = run(pipe, photos(pipe), generator=gens(0, 2), num_frames=None)
+    assert video.shape == (2, 8, 3, 64, 48)
+    assert video.device.type == "cpu" and video.dtype == torch.float32
+    assert 0 <= video.min() and video.max() <= 1 and video.std() > 0.01
+
+
+def test_frame_zero_is_the_photo_latent_decoded(pipe):
+    images = photos(pipe, 1)
+    video = run(pipe, images, generator=gens(3, 1))
+    _, latent = pipe.encode_image(images.clone(), generator=gens(3, 1))
+    assert torch.allclose(video[0, 0], pipe.encoders.decode_latents(latent)[0], atol=1e-5)
+
+
+def test_same_seed_same_video_other_seed_other_video(pipe):
+    images = photos(pipe)
+    a = run(pipe, images, generator=gens(5, 2))
+    b = run(pipe, images, generator=gens(5, 2))
+    c = run(pipe, images, generator=gens(6, 2))
+    assert torch.equal(a, b)
+    assert (a[:, 1:] - c[:, 1:]).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmsolver++"])
+def test_video_does_not_depend_on_batch(pipe, sampler):
+    images = photos(pipe, 3)
+    together = run(pipe, images, sampler=sampler, generator=gens(1, 3))
+    alone = run(pipe, images[2:], sampler=sampler, generator=gens(1, 3)[2:])
+    assert torch.allclose(together[2], alone[0], atol=1e-4)
+
+
+def test_released_and_our_format_give_the_same_video(parts, pipe):
+    released = FashionFlowPipeline.from_checkpoint(
+        parts["released"], preset="tiny", vae=str(parts["vae"]), clip=str(parts["clip"]), device="cpu"
+    )
+    assert released.config == get_preset("tiny")
+    images = photos(pipe, 1)
+    assert torch.equal(run(pipe, images, generator=gens(2, 1)), run(released, images, generator=gens(2, 1)))
+
+
+def test_released_format_without_preset_means_paper(parts):
+    from models.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not fit the SpaceTimeUnet"):
+        FashionFlowPipeline.from_checkpoint(parts["released"], vae=str(parts["vae"]), clip=str(parts["clip"]))
+
+
+def test_preset_is_ignored_for_checkpoints_with_a_config(parts):
+    with pytest.warns(UserWarning, match="ignoring preset 'paper'"):
+        pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], preset="paper", device="cpu")
+    assert pipe.config.frames == 8
+
+
+def test_preprocessing_override(parts):
+    pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], preprocessing="legacy", device="cpu")
+    assert pipe.encoders.preprocessing == "legacy" and pipe.config.preprocessing == "legacy"
+
+
+def test_decode_chunk_size_does_not_change_frames(pipe):
+    latents = torch.randn(1, 4, 5, 16, 12, generator=torch.Generator().manual_seed(0))
+    one = pipe.decode_latents(latents, chunk_size=1)
+    three = pipe.decode_latents(latents, chunk_size=3)
+    assert one.shape == (1, 5, 3, 64, 48)
+    assert torch.allclose(one, three, atol=1e-5)
+
+
+def test_callback_sees_every_step(pipe):
+    seen = []
+    run(pipe, photos(pipe, 1), steps=3, generator=gens(0, 1), callback=lambda i, n, x: seen.append((i, n, x.shape)))
+    assert seen == [(i, 3, (1, 4, 4, 16, 12)) for i in range(3)]
+
+
+def test_steps_set_the_number_of_unet_calls(pipe, monkeypatch):
+    calls = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    run(pipe, photos(pipe, 1), sampler="ddim", steps=4, generator=gens(0, 1))
+    assert len(calls) == 4
+
+
+def test_ddpm_full_schedule_is_the_originals():
+    scheduler = make_scheduler("ddpm", 1000)
+    assert scheduler.timesteps.tolist() == list(range(999, -1, -1))
+
+
+def test_bf16_runs_and_fp16_falls_back_on_cpu(pipe):
+    images = photos(pipe, 1)
+    video = run(pipe, images, precision="bf16", generator=gens(0, 1))
+    reference = run(pipe, images, generator=gens(0, 1))
+    assert (video - reference).abs().mean() < 0.05
+    with pytest.warns(UserWarning, match="fp16 autocast needs CUDA"):
+        assert resolve_precision("fp16", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_argument_errors(pipe):
+    images = photos(pipe)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        run(pipe, images, num_frames=5, generator=gens(0, 2))
+    with pytest.raises(ValueError, match=r"\[B, 3, 64, 48\]"):
+        run(pipe, torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="one generator per image"):
+        run(pipe, images, generator=gens(0, 3))
+    with pytest.raises(ValueError, match="depend on the batch"):
+        run(pipe, images, generator=torch.Generator())
+    with pytest.raises(ValueError, match="unknown sampler"):
+        run(pipe, images[:1], sampler="euler")
+
+
+def test_generators_are_distinct_and_reproducible():
+    draws = {tuple(torch.randn(4, generator=sample_generator(0, i, k)).tolist()) for i in range(3) for k in range(3)}
+    assert len(draws) == 9
+    assert torch.equal(torch.randn(4, generator=sample_generator(7, 1, 2)), torch.randn(4, generator=sample_generator(7, 1, 2)))
+
+
+def test_training_can_share_the_pipeline(parts, pipe):
+    """The pipeline works on modules built in memory (what training's sample videos use), weights unchanged."""
+    from models.encoders import FrozenEncoders
+
+    unet, adapter = build_models(pipe.config)
+    unet.load_state_dict(pipe.unet.state_dict())
+    adapter.load_state_dict(pipe.adapter.state_dict())
+    encoders = FrozenEncoders.from_config(pipe.config)
+    fresh = FashionFlowPipeline(unet.eval(), adapter.eval(), encoders, pipe.config)
+    images = photos(pipe, 1)
+    assert torch.equal(run(fresh, images, generator=gens(0, 1)), run(pipe, images, generator=gens(0, 1)))
+
+
+def test_mismatched_encoders_are_refused(parts, pipe):
+    with pytest.raises(ValueError, match="--vae, --clip"):
+        FashionFlowPipeline(pipe.unet, pipe.adapter, pipe.encoders, get_preset("paper"))
