@@ -73,7 +73,7 @@ def atomic_torch_save(obj, path) -> Path:
 
 def _strip_module_prefix(state: dict) -> dict:
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -130,16 +130,22 @@ def load_state_strict(module: nn.Module, state: dict, *, what: str, path) -> Non
     unexpected = sorted(set(state) - set(own))
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or shapes:
+
         def head(items):
             return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
 
-        parts = [f"{name} ({len(items)}): {head(items)}" for name, items in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+        parts = [
+            f"{name} ({len(items)}): {head(items)}"
+            for name, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+            if items
+        ]
         raise CheckpointError(
-            f"checkpoint {path} does not fit the {what} built from its config: " + "; ".join(parts)
+            f"checkpoint {path} does not fit the {what} built from its config: "
+            + "; ".join(parts)
             + ". Was it written for another model configuration?"
         )
     module.load_state_dict(state, strict=True)

@@ -54,8 +54,13 @@ def condition_first_frame(latents: torch.Tensor, first_frame: torch.Tensor) -> t
 
 
 def frame_conditioned_loss(
-    unet: Callable, latents: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule, *,
-    t: torch.Tensor, noise: torch.Tensor,
+    unet: Callable,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    schedule: NoiseSchedule,
+    *,
+    t: torch.Tensor,
+    noise: torch.Tensor,
 ) -> torch.Tensor:
     """The original objective: eps-prediction MSE per frame, summed over frames; frame 0 is clean and its target 0."""
     noisy = condition_first_frame(schedule.add_noise(latents, noise, t), latents[:, :, 0])
@@ -79,15 +84,17 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
         raise ValueError(f"steps must be between 1 and {len(betas)}, got {num_steps}")
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type="epsilon")
     if name == "ddpm":
-        scheduler = DDPMScheduler(
-            **common, variance_type="fixed_small", clip_sample=False, timestep_spacing="trailing"
-        )
+        scheduler = DDPMScheduler(**common, variance_type="fixed_small", clip_sample=False, timestep_spacing="trailing")
     elif name == "ddim":
         scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     else:
         scheduler = DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
-            final_sigmas_type="zero", lower_order_final=True,
+            **common,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            timestep_spacing="trailing",
+            final_sigmas_type="zero",
+            lower_order_final=True,
         )
     scheduler.set_timesteps(num_steps)
     return scheduler

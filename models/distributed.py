@@ -34,7 +34,11 @@ class DistEnv:
 def add_local_rank_argument(parser: argparse.ArgumentParser) -> None:
     """Accept torch.distributed.launch's `--local_rank` / `--local-rank` (LOCAL_RANK wins when both are set)."""
     parser.add_argument(
-        "--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+        "--local_rank",
+        "--local-rank",
+        dest="local_rank",
+        type=int,
+        default=None,
         help="set by torch.distributed.launch; torchrun passes LOCAL_RANK in the environment instead",
     )
 

@@ -1,6 +1,6 @@
 """Write `model_structure.txt`: the torchinfo summary of the paper UNet at 1x4x70x80x64, as the authors did.
 
-    python -m models.structure [--output model_structure.txt]
+python -m models.structure [--output model_structure.txt]
 """
 
 from __future__ import annotations
@@ -28,8 +28,13 @@ def summarize(config: ModelConfig | None = None, *, batch: int = 1, depth: int =
     context = torch.randn(batch, config.context_tokens, config.context_dim)
     timestep = torch.full((batch,), 500.0)
     return summary(
-        unet, input_data=[x, context, timestep], depth=depth, col_names=COLUMNS, row_settings=("var_names",),
-        verbose=0, mode="eval",
+        unet,
+        input_data=[x, context, timestep],
+        depth=depth,
+        col_names=COLUMNS,
+        row_settings=("var_names",),
+        verbose=0,
+        mode="eval",
     )
 
 

@@ -331,20 +331,28 @@ class SpaceTimeUnet(nn.Module):
         ):
             # index layout [init block, blocks, self-attention or None, resample, cross-attention] is
             # the original's, so state-dict keys match
-            self.downs.append(nn.ModuleList([
-                ResnetBlock(d_in, d_out, timestep_cond_dim=t_dim),
-                nn.ModuleList([ResnetBlock(d_out, d_out) for _ in range(depth)]),
-                SpatioTemporalAttention(d_out, **attn_kwargs) if self_attend else None,
-                Downsample(d_out, downsample_time=compress_time),
-                cross_attn(d_out, config.cross_attn_dim_head_down),
-            ]))
-            self.ups.append(nn.ModuleList([
-                ResnetBlock(d_out * 2, d_in, timestep_cond_dim=t_dim),
-                nn.ModuleList([ResnetBlock(d_in + (d_out if i == 0 else 0), d_in) for i in range(depth)]),
-                SpatioTemporalAttention(d_in, **attn_kwargs) if self_attend else None,
-                Upsample(d_out, upsample_time=compress_time),
-                cross_attn(d_in, config.cross_attn_dim_head_up),
-            ]))
+            self.downs.append(
+                nn.ModuleList(
+                    [
+                        ResnetBlock(d_in, d_out, timestep_cond_dim=t_dim),
+                        nn.ModuleList([ResnetBlock(d_out, d_out) for _ in range(depth)]),
+                        SpatioTemporalAttention(d_out, **attn_kwargs) if self_attend else None,
+                        Downsample(d_out, downsample_time=compress_time),
+                        cross_attn(d_out, config.cross_attn_dim_head_down),
+                    ]
+                )
+            )
+            self.ups.append(
+                nn.ModuleList(
+                    [
+                        ResnetBlock(d_out * 2, d_in, timestep_cond_dim=t_dim),
+                        nn.ModuleList([ResnetBlock(d_in + (d_out if i == 0 else 0), d_in) for i in range(depth)]),
+                        SpatioTemporalAttention(d_in, **attn_kwargs) if self_attend else None,
+                        Upsample(d_out, upsample_time=compress_time),
+                        cross_attn(d_in, config.cross_attn_dim_head_up),
+                    ]
+                )
+            )
 
         mid = dims[-1]
         self.mid_block1 = ResnetBlock(mid, mid, timestep_cond_dim=t_dim)

@@ -35,8 +35,14 @@ def test_released_format_loads_strictly_as_paper_config(tmp_path, filler):
     path = tmp_path / "FashionFlow_checkpoint.pth"
     opt = torch.optim.AdamW(list(adapter.parameters()), lr=1e-4)
     # the authors' layout: plain state dicts (some tools add a DDP "module." prefix), optionally 'opt'
-    torch.save({"net": {f"module.{k}": v for k, v in unet.state_dict().items()}, "adapter": adapter.state_dict(),
-                "opt": opt.state_dict()}, path)
+    torch.save(
+        {
+            "net": {f"module.{k}": v for k, v in unet.state_dict().items()},
+            "adapter": adapter.state_dict(),
+            "opt": opt.state_dict(),
+        },
+        path,
+    )
     net2, adapter2, config = load_checkpoint(path)
     assert config == get_preset("paper") and config.preprocessing == "legacy"
     assert_same_weights(unet, net2)
@@ -61,8 +67,9 @@ def test_our_format_round_trip_and_safetensors(tmp_path):
 def test_ema_weights_are_used_for_inference_when_present(tmp_path):
     unet, adapter, config = tiny_models(0)
     ema_unet, ema_adapter, _ = tiny_models(1)
-    path = save_checkpoint(tmp_path / "c.pth", unet, adapter, config,
-                           ema={"net": ema_unet.state_dict(), "adapter": ema_adapter.state_dict()})
+    path = save_checkpoint(
+        tmp_path / "c.pth", unet, adapter, config, ema={"net": ema_unet.state_dict(), "adapter": ema_adapter.state_dict()}
+    )
     assert_same_weights(load_checkpoint(path)[0], ema_unet)
     assert_same_weights(load_checkpoint(path, use_ema=False)[0], unet)
 

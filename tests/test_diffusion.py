@@ -76,8 +76,9 @@ def test_samplers_run_any_step_count_and_keep_frame_zero(name, steps):
         calls.append(t)
         return 0.1 * x
 
-    out = sample_latents(eps_model, torch.randn(1, 4, 6, 4, 4), scheduler, first_frame=first,
-                         generator=torch.Generator().manual_seed(0))
+    out = sample_latents(
+        eps_model, torch.randn(1, 4, 6, 4, 4), scheduler, first_frame=first, generator=torch.Generator().manual_seed(0)
+    )
     assert len(calls) == steps and torch.isfinite(out).all()
     torch.testing.assert_close(out[:, :, 0], first)
     assert calls[0].item() >= 900  # starts from (close to) pure noise
@@ -85,9 +86,14 @@ def test_samplers_run_any_step_count_and_keep_frame_zero(name, steps):
 
 def test_sampling_is_reproducible_with_a_seed():
     def run(seed):
-        return sample_latents(lambda x, t: 0.1 * x, torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(seed)),
-                              make_scheduler("ddpm", 10), first_frame=torch.zeros(1, 4, 4, 4),
-                              generator=torch.Generator().manual_seed(seed))
+        return sample_latents(
+            lambda x, t: 0.1 * x,
+            torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(seed)),
+            make_scheduler("ddpm", 10),
+            first_frame=torch.zeros(1, 4, 4, 4),
+            generator=torch.Generator().manual_seed(seed),
+        )
+
     torch.testing.assert_close(run(3), run(3))
     assert not torch.allclose(run(3), run(4))
 
