@@ -13,6 +13,7 @@ _LAZY = {
     "FrozenEncoders": "encoders",
     "load_vae": "encoders",
     "load_clip": "encoders",
+    "EncoderNotFoundError": "encoders",
     "FashionFlowPipeline": "pipeline",
 }
 
