@@ -1,7 +1,7 @@
 """Inference speed and quality: the original procedure against our default, same weights, same inputs, one run.
 
-    python bench/bench_inference.py                          # CPU: tiny model fitted here on synthetic clips
-    python bench/bench_inference.py --checkpoint runs/quickstart/final.pth --dataset fashion_dataset/test
+    python bench/bench_inference.py                          # CPU: the quickstart's trained tiny model
+    python bench/bench_inference.py --checkpoint my_run/latest.pth --dataset fashion_dataset/test
     python bench/bench_inference.py --preset paper --frames 70 --device cuda --vae <dir> --clip <dir> \
         --checkpoint checkpoint/FashionFlow_checkpoint.pth --dataset fashion_dataset/test
 
@@ -13,9 +13,9 @@ against 1000-step DDPM on the same seed and against the ground-truth clip (frame
 input). Ancestral DDPM adds fresh noise at every step, so "vs DDPM" measures how far a sampler lands from
 one DDPM draw; "vs ground truth" of the two is the like-for-like quality comparison.
 
-Without `--checkpoint`, the tiny model is first fitted for `--train_steps` on a synthetic dataset
-(models.synthetic) with the training objective of models.training: a small stand-in for the quickstart's
-trained model, so the quality numbers come from a model that has learnt something.
+Without `--checkpoint` it uses the quickstart's trained tiny model and held-out synthetic clips
+(models/quickstart.py, in `--workdir`): built there first if missing, reused if present, so the quality
+numbers come from a model that has learnt something.
 Results go to bench/results/inference_<device>.md.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,47 +48,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def fit_tiny_model(root: Path, *, steps: int, frames: int, seed: int, device) -> tuple[FashionFlowPipeline, list]:
-    """Tiny encoders and a tiny UNet/adapter fitted on synthetic clips; returns the pipeline and the test clips."""
-    from models.checkpoint import build_models
-    from models.config import get_preset
-    from models.diffusion import NoiseSchedule
-    from models.encoders import FrozenEncoders
-    from models.synthetic import make_synthetic_dataset
-    from models.tiny_components import save_tiny_encoders
-    from models.training import TrainingObjective
-    from models.video_io import read_video_frames
-
-    vae, clip = save_tiny_encoders(root / "encoders", seed=seed)
-    config = get_preset("tiny", vae=str(vae), clip=str(clip), frames=frames)
-    encoders = FrozenEncoders.from_config(config, device=device)
-    size = tuple(s * encoders.downscale for s in config.latent_size)
-    clips = make_synthetic_dataset(root / "data", n_train=16, n_test=4, frames=frames, size=size, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        videos = [read_video_frames(p, count=frames, size=size) for p in clips["train"]]
-        latents = torch.stack([encoders.encode_frames(v, generator=g) for v in videos])  # [n, f, c, h, w]
-        clip_hidden = encoders.encode_clip(torch.stack([v[0] for v in videos]))
-    latents = latents.transpose(1, 2).contiguous()  # [n, c, f, h, w]
-    torch.manual_seed(seed)
-    unet, adapter = build_models(config)
-    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(device).train()
-    opt = torch.optim.AdamW(objective.parameters(), lr=1e-3, weight_decay=0.01)
-    batch = 4
-    for step in range(steps):
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        x0 = latents[idx].to(device)
-        t = objective.schedule.sample_timesteps(batch, generator=g, device=device)
-        loss = objective(x0, clip_hidden[idx].to(device), x0[:, :, 0], t, torch.randn(x0.shape, generator=g).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(steps // 5, 1) == 0 or step == steps - 1:
-            print(f"fit step {step:4d}  loss {loss.item():.4f}", flush=True)
-    pipe = FashionFlowPipeline(unet.eval().requires_grad_(False), adapter.eval().requires_grad_(False), encoders, config)
-    return pipe, clips["test"]
 
 
 def ground_truth(paths, size, frames: int) -> torch.Tensor:
@@ -144,7 +102,7 @@ def main(argv=None) -> Path:
     p.add_argument("--dataset", help="folder of ground-truth clips for --checkpoint (frame 0 is the input)")
     p.add_argument("--inputs", type=int, default=3, help="videos per configuration")
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
-    p.add_argument("--train_steps", type=int, default=400, help="fitting steps of the tiny stand-in model")
+    p.add_argument("--workdir", default=str(ROOT / "quickstart"), help="the quickstart's folder (without --checkpoint)")
     p.add_argument("--precision", default=None, help="ours: autocast precision (default: fp16 on CUDA, else fp32)")
     p.add_argument("--decode_chunk_size", type=int, default=8, help="ours: frames per VAE call")
     p.add_argument("--candidates", default=CANDIDATES, help="extra sampler:steps pairs to score")
@@ -155,46 +113,41 @@ def main(argv=None) -> Path:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.checkpoint:
-            from models.inference_io import video_inputs
+    if args.checkpoint:
+        from models.inference_io import video_inputs
 
-            pipe = FashionFlowPipeline.from_checkpoint(
-                args.checkpoint, vae=args.vae, clip=args.clip, preset=args.preset, device=device
-            )
-            clips = [item.path for item in video_inputs(args.dataset)] if args.dataset else []
-            model = f"checkpoint {args.checkpoint}"
-        else:
-            pipe, clips = fit_tiny_model(
-                Path(tmp), steps=args.train_steps, frames=args.frames or 8, seed=args.seed, device=device
-            )
-            model = f"tiny preset fitted {args.train_steps} steps on 16 synthetic clips (models.synthetic)"
-        frames = args.frames or pipe.config.frames
-        clips = clips[: args.inputs]
-        truth = ground_truth(clips, pipe.image_size, frames) if clips else None
-        images = (
-            truth[:, 0]
-            if truth is not None
-            else torch.rand(args.inputs, 3, *pipe.image_size, generator=torch.Generator().manual_seed(args.seed))
+        pipe = FashionFlowPipeline.from_checkpoint(
+            args.checkpoint, vae=args.vae, clip=args.clip, preset=args.preset, device=device
         )
-        run = dict(frames=frames, seed=args.seed)
-        print("original procedure ...", flush=True)
-        reference, t_orig = generate(
-            pipe, images, sampler=ORIGINAL_SAMPLER, steps=ORIGINAL_STEPS, precision="fp32", chunk=1, **run
-        )
-        rows = [("original: ddpm 1000, fp32, frame-by-frame decode", t_orig, reference)]
-        configs = [(DEFAULT_SAMPLER, DEFAULT_STEPS, True)] + [
-            (s, n, False) for s, n in parse_candidates(args.candidates) if (s, n) != (DEFAULT_SAMPLER, DEFAULT_STEPS)
-        ]
-        for sampler, steps, is_default in configs:
-            print(f"{sampler} {steps} ...", flush=True)
-            videos, t = generate(
-                pipe, images, sampler=sampler, steps=steps, precision=precision, chunk=args.decode_chunk_size, **run
-            )
-            label = (
-                f"{'ours (default): ' if is_default else ''}{sampler} {steps}, {precision}, decode chunk {args.decode_chunk_size}"
-            )
-            rows.append((label, t, videos))
+        clips = [item.path for item in video_inputs(args.dataset)] if args.dataset else []
+        model = f"checkpoint {args.checkpoint}"
+    else:
+        from models.quickstart import QuickstartConfig, build_trained_model
+
+        cfg = QuickstartConfig(workdir=args.workdir, seed=args.seed, progress=False)
+        checkpoint, _, clips = build_trained_model(cfg)
+        pipe = FashionFlowPipeline.from_checkpoint(checkpoint, vae=cfg.vae_dir, clip=cfg.clip_dir, device=device)
+        model = f"the quickstart's tiny model ({checkpoint}), held-out synthetic clips"
+    frames = args.frames or pipe.config.frames
+    clips = clips[: args.inputs]
+    truth = ground_truth(clips, pipe.image_size, frames) if clips else None
+    images = (
+        truth[:, 0]
+        if truth is not None
+        else torch.rand(args.inputs, 3, *pipe.image_size, generator=torch.Generator().manual_seed(args.seed))
+    )
+    run = dict(frames=frames, seed=args.seed)
+    print("original procedure ...", flush=True)
+    reference, t_orig = generate(pipe, images, sampler=ORIGINAL_SAMPLER, steps=ORIGINAL_STEPS, precision="fp32", chunk=1, **run)
+    rows = [("original: ddpm 1000, fp32, frame-by-frame decode", t_orig, reference)]
+    configs = [(DEFAULT_SAMPLER, DEFAULT_STEPS, True)] + [
+        (s, n, False) for s, n in parse_candidates(args.candidates) if (s, n) != (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    ]
+    for sampler, steps, is_default in configs:
+        print(f"{sampler} {steps} ...", flush=True)
+        videos, t = generate(pipe, images, sampler=sampler, steps=steps, precision=precision, chunk=args.decode_chunk_size, **run)
+        label = f"{'ours (default): ' if is_default else ''}{sampler} {steps}, {precision}, decode chunk {args.decode_chunk_size}"
+        rows.append((label, t, videos))
 
     lines = [
         f"# Inference: original procedure vs ours ({device_name(device)})",

@@ -210,19 +210,26 @@ def _paint(image: np.ndarray, mask: np.ndarray, colour) -> None:
     image[mask] = np.broadcast_to(colour, image.shape)[mask] if np.ndim(colour) == 3 else colour
 
 
-def _render_frame(p: FigureParams, pose: _Pose, x: np.ndarray, b: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _render_frame(p: FigureParams, pose: _Pose, x: np.ndarray, b: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image [h, w, 3] in [0, 1], mask of where the garment is visible [h, w]) on the supersampled grid."""
     skin, hair = np.array(p.skin), np.array(p.hair)
     image = np.empty((*b.shape, 3))
     image[:] = np.array(p.background) * (1.04 - 0.08 * v)[..., None]  # soft studio light from above
     floor = b > 0.985
     image[floor] *= 0.93
-    _paint(image, _ellipse(x, b, 0.0, 1.0, 0.16, 0.022), image * 0.82)  # contact shadow
+    garment_visible = np.zeros(b.shape, dtype=bool)
+
+    def paint(mask, colour, *, is_garment: bool = False):
+        _paint(image, mask, colour)
+        garment_visible[mask] = is_garment  # whatever is painted last is what the camera sees
+
+    paint(_ellipse(x, b, 0.0, 1.0, 0.16, 0.022), image * 0.82)  # contact shadow
 
     head_x = float(_center(np.array(HEAD_CENTER), pose, p.hem))
     neck_x = float(_center(np.array(0.16), pose, p.hem))
     head_rx = HEAD_RX * _width_factor(pose.yaw, 0.9)
     if p.long_hair:
-        _paint(image, _capsule(x, b, (head_x, HEAD_CENTER), (neck_x, 0.25), 0.055, 0.07), hair * 0.85)
+        paint(_capsule(x, b, (head_x, HEAD_CENTER), (neck_x, 0.25), 0.055, 0.07), hair * 0.85)
 
     arms = [_arm(p, pose, side) for side in (-1, 1)]
     behind = [a for a in arms if a[1] < -0.01]
@@ -230,16 +237,16 @@ def _render_frame(p: FigureParams, pose: _Pose, x: np.ndarray, b: np.ndarray, v:
 
     def draw_arm(points, shade):
         shoulder, elbow, wrist = points
-        _paint(image, _capsule(x, b, shoulder, elbow, 0.028, 0.022), skin * shade)
-        _paint(image, _capsule(x, b, elbow, wrist, 0.022, 0.017), skin * shade)
-        _paint(image, _ellipse(x, b, wrist[0], wrist[1] + 0.02, 0.018, 0.028), skin * shade)
+        paint(_capsule(x, b, shoulder, elbow, 0.028, 0.022), skin * shade)
+        paint(_capsule(x, b, elbow, wrist, 0.022, 0.017), skin * shade)
+        paint(_ellipse(x, b, wrist[0], wrist[1] + 0.02, 0.018, 0.028), skin * shade)
         sleeve_colour = np.array(p.colour) * shade
         if p.sleeves == "short":
             cuff = tuple(np.add(shoulder, 0.45 * np.subtract(elbow, shoulder)))
-            _paint(image, _capsule(x, b, shoulder, cuff, 0.034, 0.03), sleeve_colour)
+            paint(_capsule(x, b, shoulder, cuff, 0.034, 0.03), sleeve_colour, is_garment=True)
         elif p.sleeves == "long":
-            _paint(image, _capsule(x, b, shoulder, elbow, 0.032, 0.027), sleeve_colour)
-            _paint(image, _capsule(x, b, elbow, wrist, 0.027, 0.021), sleeve_colour)
+            paint(_capsule(x, b, shoulder, elbow, 0.032, 0.027), sleeve_colour, is_garment=True)
+            paint(_capsule(x, b, elbow, wrist, 0.027, 0.021), sleeve_colour, is_garment=True)
 
     for points, _ in behind:
         draw_arm(points, 0.82)
@@ -248,12 +255,12 @@ def _render_frame(p: FigureParams, pose: _Pose, x: np.ndarray, b: np.ndarray, v:
     for side in (-1, 1):
         hip = (float(_center(np.array(HIP_B), pose, p.hem)) + side * 0.045 * np.cos(pose.yaw), HIP_B + 0.03)
         ankle = (side * 0.05 * np.cos(pose.yaw), ANKLE_B)
-        _paint(image, _capsule(x, b, hip, ankle, 0.042, 0.02), skin * (0.9 if side * pose.yaw > 0 else 1.0))
-        _paint(image, _ellipse(x, b, ankle[0] + 0.012 * side, 0.975, 0.034, 0.022), np.array(p.shoes))
+        paint(_capsule(x, b, hip, ankle, 0.042, 0.02), skin * (0.9 if side * pose.yaw > 0 else 1.0))
+        paint(_ellipse(x, b, ankle[0] + 0.012 * side, 0.975, 0.034, 0.022), np.array(p.shoes))
 
-    _paint(image, _capsule(x, b, (head_x, 0.12), (neck_x, 0.2), 0.024, 0.026), skin * 0.92)
+    paint(_capsule(x, b, (head_x, 0.12), (neck_x, 0.2), 0.024, 0.026), skin * 0.92)
     chest = (b > 0.17) & (b < 0.26) & (np.abs(x - _center(b, pose, p.hem)) < 0.052)
-    _paint(image, chest, skin * 0.95)
+    paint(chest, skin * 0.95)
 
     # the garment: a body-of-revolution silhouette with a scoop neckline, shaded as a cylinder
     center = _center(b, pose, p.hem)
@@ -269,29 +276,37 @@ def _render_frame(p: FigureParams, pose: _Pose, x: np.ndarray, b: np.ndarray, v:
     base = np.where(is_skirt[..., None], np.array(p.skirt_colour), np.array(p.colour))
     patterned = _pattern_mask(p, arc, b) & ~is_skirt if p.garment == "top_skirt" else _pattern_mask(p, arc, b)
     cloth = np.where(patterned[..., None], np.array(p.accent), base) * (light * folds)[..., None]
-    _paint(image, garment, cloth)
+    paint(garment, cloth, is_garment=True)
 
     for points, _ in in_front:
         draw_arm(points, 1.0)
 
     # head: skin ellipse, hair over the top and around the back as it turns, eyes and mouth on the front
     head = _ellipse(x, b, head_x, HEAD_CENTER, head_rx, HEAD_RY)
-    _paint(image, _ellipse(x, b, head_x, HEAD_CENTER - 0.008, head_rx * 1.12, HEAD_RY * 1.06), hair)
+    paint(_ellipse(x, b, head_x, HEAD_CENTER - 0.008, head_rx * 1.12, HEAD_RY * 1.06), hair)
     head_angle, _ = _surface_coords(x, b, head_x, head_rx, 0.0)
     face_angle = head_angle - pose.yaw
-    _paint(image, head & (np.abs(face_angle) < 1.25), skin * (0.85 + 0.15 * np.cos(head_angle + 0.45))[..., None])
-    _paint(image, head & (b < HEAD_CENTER - 0.035 + 0.012 * np.abs(face_angle)), hair)
+    paint(head & (np.abs(face_angle) < 1.25), skin * (0.85 + 0.15 * np.cos(head_angle + 0.45))[..., None])
+    paint(head & (b < HEAD_CENTER - 0.035 + 0.012 * np.abs(face_angle)), hair)
     for eye in (-0.38, 0.38):
-        _paint(image, head & (np.abs(face_angle - eye) < 0.16) & (np.abs(b - HEAD_CENTER - 0.004) < 0.007), hair * 0.5)
-    _paint(image, head & (np.abs(face_angle) < 0.22) & (np.abs(b - HEAD_CENTER - 0.036) < 0.005), skin * [0.8, 0.5, 0.5])
-    return image
+        paint(head & (np.abs(face_angle - eye) < 0.16) & (np.abs(b - HEAD_CENTER - 0.004) < 0.007), hair * 0.5)
+    paint(head & (np.abs(face_angle) < 0.22) & (np.abs(b - HEAD_CENTER - 0.036) < 0.005), skin * [0.8, 0.5, 0.5])
+    return image, garment_visible
 
 
-def render_clip(params: FigureParams, frames: int, size: tuple[int, int], *, supersample: int | None = None) -> np.ndarray:
+def render_clip(
+    params: FigureParams,
+    frames: int,
+    size: tuple[int, int],
+    *,
+    supersample: int | None = None,
+    garment_masks: bool = False,
+):
     """Render `frames` frames of the figure at `size=(H, W)`: uint8 `[F, H, W, 3]` RGB.
 
     `supersample` (default: 3 for small frames, fewer for large ones, where one pixel matters less) sets
-    how many samples per pixel side are averaged for anti-aliasing.
+    how many samples per pixel side are averaged for anti-aliasing. With `garment_masks=True` it returns
+    `(clip, masks)`, masks `[F, H, W]` bool marking pixels at least half covered by visible garment.
     """
     height, width = size
     if frames < 1 or height < 8 or width < 8:
@@ -304,11 +319,18 @@ def render_clip(params: FigureParams, frames: int, size: tuple[int, int], *, sup
     top = (1 - figure_height) * 0.55  # a little more room under the feet than over the head
     b, x = (v - top) / figure_height, u / figure_height
     clip = np.empty((frames, height, width, 3), dtype=np.uint8)
+    masks = np.empty((frames, height, width), dtype=bool)
     for t in range(frames):
-        image = _render_frame(params, _pose(params, t), x, b, v)
+        image, garment = _render_frame(params, _pose(params, t), x, b, v)
         image = reduce(image, "(h s1) (w s2) c -> h w c", "mean", s1=supersample, s2=supersample)
         clip[t] = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return clip
+        masks[t] = reduce(garment.astype(np.float32), "(h s1) (w s2) -> h w", "mean", s1=supersample, s2=supersample) >= 0.5
+    return (clip, masks) if garment_masks else clip
+
+
+def clip_params(seed: int, split: str, index: int) -> FigureParams:
+    """The parameters of `make_synthetic_dataset(..., seed=seed)`'s video `index` of `split` ('train' / 'test')."""
+    return sample_params(_video_rng(seed, split, index))
 
 
 def _video_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -338,7 +360,7 @@ def make_synthetic_dataset(
             if path.is_file() and path.stat().st_size > 0:
                 result["reused"] += 1
                 continue
-            params = sample_params(_video_rng(seed, split, index))
+            params = clip_params(seed, split, index)
             write_mp4(render_clip(params, frames, size), path, fps=fps)
             result["written"] += 1
     return result

@@ -1,0 +1,110 @@
+"""The offline quickstart, shortened: every stage runs through the real scripts with a few steps each."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.metrics import psnr, ssim
+from models.quickstart import METHODS, QuickstartConfig, closing_message, garment_colour_error, motion_magnitude, run
+from models.synthetic import clip_params, render_clip
+from models.video_io import read_video_frames
+
+SIZE = (64, 48)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quickstart")
+    cfg = QuickstartConfig(
+        workdir=str(root / "work"),
+        result_dir=str(root / "result"),
+        n_train=4,
+        n_test=2,
+        video_frames=10,
+        clips_per_video=1,
+        vae_steps=3,
+        vae_batch=8,
+        train_steps=4,
+        batch_size=2,
+        sample_every=4,
+        progress=False,
+    )
+    torch.manual_seed(0)
+    return cfg, run(cfg)
+
+
+def test_outputs_are_playable_files(short_run):
+    cfg, report = short_run
+    work, result = Path(cfg.workdir), Path(cfg.result_dir)
+    for method in ("trained", "untrained"):
+        videos = sorted((result / method).glob("*_sample0.mp4"))
+        assert [v.name for v in videos] == ["synthetic_0000_sample0.mp4", "synthetic_0001_sample0.mp4"]
+        for video in videos:
+            frames = read_video_frames(video)
+            assert frames.shape == (8, 3, *SIZE)  # the tiny preset's clip length
+            assert video.with_suffix(".gif").is_file()
+    assert list((work / "video_progress").glob("events.out.tfevents.*"))
+    assert (work / "training_sample" / "step_0000004.mp4").is_file()
+    assert Path(report["trained_checkpoint"]).is_file()
+    assert (work / "encoders" / "vae" / "config.json").is_file() and (work / "encoders" / "clip" / "config.json").is_file()
+    assert json.loads((result / "report.json").read_text())["methods"].keys() == set(METHODS)
+    md = (result / "report.md").read_text()
+    assert all(f"| {method} |" in md for method in METHODS)
+    message = closing_message(cfg, report)
+    assert str(result / "report.md") in message and "tensorboard --logdir" in message and "--vae DIR" in message
+
+
+def test_report_numbers_are_computed_from_the_videos(short_run):
+    cfg, report = short_run
+    rows = report["per_video"]
+    for index, source in enumerate(sorted((Path(cfg.workdir) / "fashion_dataset" / "test").glob("*.mp4"))):
+        truth = read_video_frames(source, count=8, size=SIZE)
+        _, masks = render_clip(clip_params(cfg.seed, "test", index), 8, SIZE, garment_masks=True)
+        videos = {
+            "trained": read_video_frames(rows["trained"][index]["video"]),
+            "untrained": read_video_frames(rows["untrained"][index]["video"]),
+            "static": truth[:1].repeat(8, 1, 1, 1),
+        }
+        for method, video in videos.items():
+            row = rows[method][index]
+            assert row["psnr"] == pytest.approx(psnr(video[1:], truth[1:]).mean().item(), rel=1e-5)
+            assert row["ssim"] == pytest.approx(ssim(video[1:], truth[1:]).mean().item(), rel=1e-5)
+            assert row["garment_colour_error"] == pytest.approx(garment_colour_error(video, truth, masks), rel=1e-5)
+            assert row["motion"] == pytest.approx(motion_magnitude(video), rel=1e-5)
+    assert rows["static"][0]["motion"] == 0
+    means = report["methods"]["trained"]
+    assert means["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows["trained"]]))
+    assert means["motion_ratio"] == pytest.approx(means["motion"] / report["ground_truth_motion"])
+    verdicts = report["verdicts"]
+    assert verdicts["trained_beats_static_psnr"] == (means["psnr"] > report["methods"]["static"]["psnr"])
+
+
+def test_rerun_reuses_every_stage(short_run):
+    cfg, report = short_run
+    work, result = Path(cfg.workdir), Path(cfg.result_dir)
+    watched = [
+        work / "fashion_dataset" / "train" / "synthetic_0000.mp4",
+        work / "encoders" / "vae" / "diffusion_pytorch_model.safetensors",
+        work / "fashion_dataset_tensor" / "synthetic_0000.pt",
+        Path(report["trained_checkpoint"]),
+        work / "untrained.pth",
+        result / "trained" / "synthetic_0000_sample0.mp4",
+    ]
+    before = [p.stat().st_mtime_ns for p in watched]
+    again = run(cfg)
+    assert [p.stat().st_mtime_ns for p in watched] == before
+    assert again["methods"] == report["methods"]
+
+
+def test_garment_masks_follow_the_garment():
+    params = clip_params(0, "test", 1)
+    clip, masks = render_clip(params, 3, SIZE, garment_masks=True)
+    assert masks.shape == (3, *SIZE) and 0.03 < masks.mean() < 0.5
+    again, masks_again = render_clip(params, 3, SIZE, garment_masks=True)
+    assert np.array_equal(clip, again) and np.array_equal(masks, masks_again)
+    assert np.array_equal(clip, render_clip(params, 3, SIZE))  # asking for masks does not change the frames
+    # the figure is in the middle: no garment in the outer columns or the top rows (the head)
+    assert not masks[:, :, :4].any() and not masks[:, :, -4:].any() and not masks[:, :6].any()
