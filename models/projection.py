@@ -126,6 +126,15 @@ def _name_collisions(videos: list[Path], clips: int) -> dict[str, str]:
     return skipped
 
 
+def _same_setting(recorded, wanted) -> bool:
+    """Equal, or two spellings (relative / absolute) of one local folder, such as a `--vae` directory."""
+    if recorded == wanted:
+        return True
+    if isinstance(recorded, str) and isinstance(wanted, str) and Path(recorded).exists() and Path(wanted).exists():
+        return Path(recorded).resolve() == Path(wanted).resolve()
+    return False
+
+
 class _Projector:
     """Projects the videos of one rank into `output_dir`."""
 
@@ -144,7 +153,7 @@ class _Projector:
     def _check_existing(self):
         wanted = {"frames": self.frames, "size": list(self.size), **self.settings}
         for name, entry in self.manifest.items():
-            differing = [k for k in MATCHING_KEYS if k in entry and entry[k] != wanted[k]]
+            differing = [k for k in MATCHING_KEYS if k in entry and not _same_setting(entry[k], wanted[k])]
             if differing:
                 found = ", ".join(f"{k}={entry[k]!r} (now {wanted[k]!r})" for k in differing)
                 raise ValueError(

@@ -132,6 +132,14 @@ def test_other_settings_into_the_same_folder_are_refused(good_videos, vae_dir, t
         project(good_videos, tmp_path, vae_dir, "--frames", "16")
 
 
+def test_the_same_vae_folder_spelled_differently_resumes(good_videos, vae_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(vae_dir.parent)
+    assert project(good_videos, tmp_path, vae_dir.name) == 0  # relative
+    capsys.readouterr()
+    assert project(good_videos, tmp_path, vae_dir.resolve()) == 0  # absolute: the same folder
+    assert "already done  2 clips" in capsys.readouterr().out
+
+
 def test_only_bad_videos_exit_nonzero(mixed_videos, vae_dir, tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()
