@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=positive_int,
         default=None,
-        help=f"denoising steps (default: {ORIGINAL_STEPS} for ddpm, as the original, {DEFAULT_STEPS} otherwise)",
+        help=f"denoising steps (default: {DEFAULT_STEPS}; --sampler ddpm --steps {ORIGINAL_STEPS} is the original's procedure)",
     )
     p.add_argument("--seed", type=int, default=0, help="base seed; video k of input i uses (seed, i, k)")
     p.add_argument(
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
 
 def setup(args):
     from models.inference_io import image_inputs, video_inputs
-    from models.pipeline import DEFAULT_STEPS, ORIGINAL_STEPS, FashionFlowPipeline
+    from models.pipeline import DEFAULT_STEPS, FashionFlowPipeline
 
     checkpoint = Path(args.pretrained_model)
     check_checkpoint(checkpoint)
@@ -251,7 +251,7 @@ def setup(args):
     )
     frames = args.frames or pipeline.config.frames
     pipeline.check_num_frames(frames)
-    steps = args.steps or (ORIGINAL_STEPS if args.sampler == "ddpm" else DEFAULT_STEPS)
+    steps = args.steps or DEFAULT_STEPS
     precision = args.precision or default_precision(pipeline.device)
     return pipeline, inputs, frames, steps, precision
 

@@ -22,6 +22,7 @@ Results go to bench/results/inference_<device>.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import sys
 import time
@@ -41,7 +42,7 @@ from models.pipeline import (  # noqa: E402
     sample_generator,
 )
 
-CANDIDATES = "dpmsolver++:10,dpmsolver++:15,dpmsolver++:25,dpmsolver++:50,ddim:25,ddim:50"
+CANDIDATES = "ddpm:10,ddpm:15,ddpm:50,dpmsolver++:10,dpmsolver++:25,dpmsolver++:50,ddim:25,ddim:50"
 
 
 def device_name(device: torch.device) -> str:
@@ -50,16 +51,24 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def _shown(path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def ground_truth(paths, size, frames: int) -> torch.Tensor:
     from models.video_io import read_video_frames
 
     return torch.stack([read_video_frames(p, count=frames, size=size) for p in paths])  # [n, f, 3, h, w]
 
 
-def generate(pipe, images, *, sampler, steps, precision, chunk, frames, seed) -> tuple[torch.Tensor, float]:
-    """Every video alone (batch 1) from its own generator; (videos [n, f, 3, h, w], mean seconds per video)."""
+def generate(pipe, images, *, sampler, steps, precision, chunk, frames, seed, samples) -> tuple[torch.Tensor, float]:
+    """`samples` videos per image, each alone (batch 1) from its own generator.
+
+    Returns (videos [n * samples, f, 3, h, w], image-major, and the mean seconds per video).
+    """
     videos, seconds = [], []
-    for i, image in enumerate(images):
+    for (i, image), k in itertools.product(enumerate(images), range(samples)):
         start = time.perf_counter()
         video = pipe(
             image[None],
@@ -68,7 +77,7 @@ def generate(pipe, images, *, sampler, steps, precision, chunk, frames, seed) ->
             steps=steps,
             precision=precision,
             decode_chunk_size=chunk,
-            generator=[sample_generator(seed, i, 0)],
+            generator=[sample_generator(seed, i, k)],
             progress=False,
         )
         if pipe.device.type == "cuda":
@@ -100,7 +109,8 @@ def main(argv=None) -> Path:
     p.add_argument("--vae", help="VAE for --checkpoint (default: the checkpoint's)")
     p.add_argument("--clip", help="CLIP for --checkpoint (default: the checkpoint's)")
     p.add_argument("--dataset", help="folder of ground-truth clips for --checkpoint (frame 0 is the input)")
-    p.add_argument("--inputs", type=int, default=3, help="videos per configuration")
+    p.add_argument("--inputs", type=int, default=4, help="input images (test clips) per configuration")
+    p.add_argument("--samples", type=int, default=4, help="videos per input, each from its own seed")
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's)")
     p.add_argument("--workdir", default=str(ROOT / "quickstart"), help="the quickstart's folder (without --checkpoint)")
     p.add_argument("--precision", default=None, help="ours: autocast precision (default: fp16 on CUDA, else fp32)")
@@ -127,7 +137,7 @@ def main(argv=None) -> Path:
         cfg = QuickstartConfig(workdir=args.workdir, seed=args.seed, progress=False)
         checkpoint, _, clips = build_trained_model(cfg)
         pipe = FashionFlowPipeline.from_checkpoint(checkpoint, vae=cfg.vae_dir, clip=cfg.clip_dir, device=device)
-        model = f"the quickstart's tiny model ({checkpoint}), held-out synthetic clips"
+        model = f"the quickstart's tiny model ({_shown(checkpoint)}), held-out synthetic clips"
     frames = args.frames or pipe.config.frames
     clips = clips[: args.inputs]
     truth = ground_truth(clips, pipe.image_size, frames) if clips else None
@@ -136,7 +146,8 @@ def main(argv=None) -> Path:
         if truth is not None
         else torch.rand(args.inputs, 3, *pipe.image_size, generator=torch.Generator().manual_seed(args.seed))
     )
-    run = dict(frames=frames, seed=args.seed)
+    run = dict(frames=frames, seed=args.seed, samples=args.samples)
+    truth = truth.repeat_interleave(args.samples, 0) if truth is not None else None
     print("original procedure ...", flush=True)
     reference, t_orig = generate(pipe, images, sampler=ORIGINAL_SAMPLER, steps=ORIGINAL_STEPS, precision="fp32", chunk=1, **run)
     rows = [("original: ddpm 1000, fp32, frame-by-frame decode", t_orig, reference)]
@@ -152,8 +163,11 @@ def main(argv=None) -> Path:
     lines = [
         f"# Inference: original procedure vs ours ({device_name(device)})",
         "",
-        f"Model: {model}. {len(images)} videos of {frames} frames at {pipe.image_size[0]}x{pipe.image_size[1]} "
-        f"per configuration, batch 1, seed {args.seed}; PSNR (dB) / SSIM per frame, frame 0 excluded.",
+        f"Model: {model}. {len(images)} inputs x {args.samples} seeds = {len(images) * args.samples} videos of "
+        f"{frames} frames at {pipe.image_size[0]}x{pipe.image_size[1]} per configuration, batch 1, seed {args.seed}; "
+        "PSNR (dB) / SSIM per frame, frame 0 excluded.",
+        "",
+        "Command: `" + " ".join(["python bench/bench_inference.py", *(sys.argv[1:] if argv is None else argv)]) + "`",
         "",
         "| configuration | s / video | speed-up | PSNR vs DDPM-1000 | SSIM vs DDPM-1000 | PSNR vs truth | SSIM vs truth |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -217,10 +217,16 @@ def untrained_checkpoint(cfg: QuickstartConfig, trained: Path) -> Path:
 def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path) -> list[Path]:
     """inference.py on frame 0 of every test video; reuses videos already made from this checkpoint."""
     from .inference_io import sample_stem
+    from .pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS
 
     tests = sorted((cfg.dataset / "test").glob("*.mp4"))
     sidecars = [out_dir / f"{sample_stem(p.stem, 0)}.json" for p in tests]
-    done = all(s.is_file() and json.loads(s.read_text()).get("checkpoint") == str(checkpoint) for s in sidecars)
+    wanted = {"checkpoint": str(checkpoint), "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}
+
+    def made_as_wanted(sidecar: Path) -> bool:
+        return sidecar.is_file() and all(json.loads(sidecar.read_text()).get(k) == v for k, v in wanted.items())
+
+    done = all(made_as_wanted(s) for s in sidecars)
     if not done:
         argv = [
             "--pretrained_model", str(checkpoint), "--dataset", str(cfg.dataset / "test"), "--output_dir", str(out_dir),

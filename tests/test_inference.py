@@ -15,6 +15,7 @@ from PIL import Image
 import inference
 from models.checkpoint import build_models, save_checkpoint, save_released_format
 from models.config import get_preset
+from models.pipeline import DEFAULT_SAMPLER
 from models.video_io import write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_released_format_in_dataset_mode_as_a_subprocess(parts, tmp_path):
             meta = json.loads((out / f"{stem}_sample{k}.json").read_text())
             assert meta["source"] == str(parts["dataset"] / f"{stem}.mp4")
             assert (meta["start_frame"], meta["frames"], meta["fps"], meta["sample_index"]) == (0, 4, 10, k)
-            assert (meta["sampler"], meta["steps"], meta["seed"], meta["preprocessing"]) == ("dpmsolver++", 2, 0, "standard")
+            assert (meta["sampler"], meta["steps"], meta["seed"], meta["preprocessing"]) == (DEFAULT_SAMPLER, 2, 0, "standard")
             assert meta["checkpoint"] == str(parts["released"])
     samples = [read_back(out / f"clip0_sample{k}.mp4")[0] for k in range(2)]
     assert np.abs(samples[0][1:].astype(int) - samples[1][1:]).mean() > 1  # each sample has its own seed
