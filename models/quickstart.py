@@ -113,6 +113,7 @@ def fit_tiny_vae(videos: list[Path], *, size, steps: int, batch: int, lr: float,
     """
     from tqdm.auto import tqdm
 
+    from .metrics import psnr
     from .tiny_components import build_tiny_vae
     from .video_io import read_video_frames
 
@@ -136,8 +137,7 @@ def fit_tiny_vae(videos: list[Path], *, size, steps: int, batch: int, lr: float,
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in frames.split(64)])
         recon = torch.cat([vae.decode(chunk).sample for chunk in latents.split(64)])
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
-    psnr = float(10 * torch.log10(4 / F.mse_loss(recon.clamp(-1, 1), frames)))  # range 2 -> peak^2 = 4
-    return vae, psnr
+    return vae, float(psnr((recon.clamp(-1, 1) + 1) / 2, (frames + 1) / 2).mean())
 
 
 def build_encoders(cfg: QuickstartConfig, train_videos: list[Path], size) -> dict:
