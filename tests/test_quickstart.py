@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from models.metrics import psnr, ssim
-from models.quickstart import METHODS, QuickstartConfig, closing_message, garment_colour_error, motion_magnitude, run
+from models.quickstart import (
+    METHODS,
+    QuickstartConfig,
+    closing_message,
+    figure_weights,
+    garment_colour_error,
+    motion_magnitude,
+    run,
+)
 from models.synthetic import clip_params, render_clip
 from models.video_io import read_video_frames
 
@@ -108,3 +116,14 @@ def test_garment_masks_follow_the_garment():
     assert np.array_equal(clip, render_clip(params, 3, SIZE))  # asking for masks does not change the frames
     # the figure is in the middle: no garment in the outer columns or the top rows (the head)
     assert not masks[:, :, :4].any() and not masks[:, :, -4:].any() and not masks[:, :6].any()
+
+
+def test_figure_weights_cover_the_figure_not_the_backdrop():
+    clip, masks = render_clip(clip_params(0, "train", 2), 2, SIZE, garment_masks=True)
+    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1
+    weights = figure_weights(frames, boost=12.0)
+    assert weights.shape == (2, 1, *SIZE) and set(weights.unique().tolist()) == {1.0, 13.0}
+    on_figure = weights[:, 0] > 1
+    assert on_figure[torch.from_numpy(masks)].float().mean() > 0.99  # the garment is part of the figure
+    assert 0.05 < on_figure.float().mean() < 0.4  # most of the frame is backdrop
+    assert not on_figure[:, :, :3].any() and not on_figure[:, :3].any()  # outer columns and the top rows
