@@ -304,11 +304,8 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         masks = masks[start:]
         truth_motion.append(motion_magnitude(truth))
         paths = {"trained": trained_path, "untrained": videos["untrained"][index], "static": source}
-        candidates = {
-            "trained": read_video_frames(trained_path, size=size),
-            "untrained": read_video_frames(paths["untrained"], size=size),
-            "static": truth[:1].expand_as(truth),
-        }
+        candidates = {method: read_video_frames(paths[method], size=size) for method in ("trained", "untrained")}
+        candidates["static"] = truth[:1].expand_as(truth)
         for method, video in candidates.items():
             scores = score_video(video, truth, masks)
             per_video[method].append({"video": str(paths[method]), **scores})
