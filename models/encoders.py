@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .config import DEFAULT_CLIP, DEFAULT_VAE, PREPROCESSING_MODES
+from .standins import STANDIN_WARNING, is_standin
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -83,6 +85,8 @@ def _load_frozen(cls, name_or_path, *, what: str, flag: str, local_subfolder, hu
             model = cls.from_pretrained(directory, local_files_only=True, **load_kwargs)
         except OSError as error:
             raise _not_found(what, name, flag, f"{directory} does not hold a loadable model ({error})") from error
+        if is_standin(directory):
+            warnings.warn(f"the {what} at {directory} {STANDIN_WARNING}", stacklevel=3)
     elif _looks_like_path(name):
         raise _not_found(what, name, flag, f"there is no directory {path}")
     else:

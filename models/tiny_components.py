@@ -41,7 +41,7 @@ def tiny_clip_config() -> CLIPVisionConfig:
     )
 
 
-def _seeded(build, seed: int):
+def seeded(build, seed: int):
     # fork_rng keeps the caller's global RNG stream untouched by the initialisation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -49,11 +49,11 @@ def _seeded(build, seed: int):
 
 
 def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
-    return _seeded(lambda: AutoencoderKL(**tiny_vae_config()), seed).eval()
+    return seeded(lambda: AutoencoderKL(**tiny_vae_config()), seed).eval()
 
 
 def build_tiny_clip(seed: int = 0) -> CLIPVisionModel:
-    return _seeded(lambda: CLIPVisionModel(tiny_clip_config()), seed).eval()
+    return seeded(lambda: CLIPVisionModel(tiny_clip_config()), seed).eval()
 
 
 def save_tiny_encoders(directory: str | Path, seed: int = 0) -> tuple[Path, Path]:
