@@ -13,8 +13,10 @@ Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_
 per video from `--seed`, like the original's random frame. Inputs that cannot be read are reported by
 name and skipped; the exit status is 1 when any input failed, 2 when nothing could start.
 
-Precision: the original ran the UNet under fp16 autocast on CUDA, which is our default there; on the CPU
-the default is fp32, bf16 works, and fp16 falls back to fp32 with a warning.
+Precision: on CUDA the networks' weights are cast to fp16 (the precision the original's UNet ran in, under
+autocast over fp32 weights: `--autocast` does that); on the CPU the default is fp32, bf16 works, and fp16
+falls back to fp32 with a warning. `--low_memory` keeps the encoders off the GPU while the UNet works and
+decodes two frames at a time; the sidecar records the peak memory either way.
 
 A released checkpoint ({'net', 'adapter'}) means the paper configuration; `--preset` names another one
 for such files (our checkpoints record their own). Videos depend only on (--seed, input index, sample
@@ -104,7 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=sorted(PRECISIONS),
         default=None,
-        help="autocast precision (default: fp16 on CUDA as the original, fp32 elsewhere)",
+        help="network precision: the weights' dtype (default: fp16 on CUDA, fp32 elsewhere)",
+    )
+    p.add_argument(
+        "--autocast",
+        action="store_true",
+        help="keep fp32 weights and run --precision under autocast, as the original did (slower)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet and the VAE decoder (pays off over many videos)"
+    )
+    p.add_argument(
+        "--low_memory",
+        action="store_true",
+        help="encoders off the GPU while idle and 2-frame decode chunks (a 70-frame 640x512 video in under 12 GB)",
     )
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--batch_size", type=positive_int, default=1, help="videos denoised together")
@@ -235,33 +250,43 @@ def main(argv=None) -> int:
 
 def setup(args):
     from models.inference_io import image_inputs, video_inputs
-    from models.pipeline import DEFAULT_STEPS, FashionFlowPipeline
+    from models.pipeline import DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, PRECISIONS, FashionFlowPipeline, resolve_precision
 
     checkpoint = Path(args.pretrained_model)
     check_checkpoint(checkpoint)
     inputs = image_inputs(args.image) if args.image else video_inputs(args.dataset)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = resolve_precision(args.precision or default_precision(device), device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
     pipeline = FashionFlowPipeline.from_checkpoint(
         checkpoint,
         vae=args.vae,
         clip=args.clip,
         preprocessing=args.preprocessing,
         preset=args.preset,
-        device=args.device,
+        device=device,
+        dtype=torch.float32 if args.autocast else PRECISIONS[precision],
         use_ema=not args.no_ema,
     )
+    if args.low_memory:
+        pipeline.enable_encoder_offload()
+        args.decode_chunk_size = min(args.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK)
+    if args.compile:
+        pipeline.compile()
     frames = args.frames or pipeline.config.frames
     pipeline.check_num_frames(frames)
     steps = args.steps or DEFAULT_STEPS
-    precision = args.precision or default_precision(pipeline.device)
     return pipeline, inputs, frames, steps, precision
 
 
 def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str) -> int:
     from tqdm.auto import tqdm
 
-    from models.pipeline import resolve_precision, sample_generator
+    from models.inference_io import BackgroundWriter
+    from models.pipeline import sample_generator
+    from models.profiling import memory_kind, peak_memory_mb, reset_peak_memory
 
-    precision = resolve_precision(precision, pipeline.device)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     record = dict(
         frames=frames,
@@ -272,27 +297,37 @@ def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str)
         checkpoint=str(args.pretrained_model),
         preprocessing=pipeline.encoders.preprocessing,
         precision=precision,
+        weights_dtype=str(pipeline.dtype).removeprefix("torch."),
+        low_memory=args.low_memory,
     )
     failures, written = [], []
     bar = tqdm(total=len(inputs) * args.num_of_vid, desc="videos", unit="video", disable=args.no_progress)
-    for batch in batches(iter_jobs(inputs, args, pipeline.image_size, frames, failures, tqdm.write), args.batch_size):
-        if batch is None:
-            bar.update(args.num_of_vid)
-            continue
-        generators = [sample_generator(args.seed, job["input_index"], job["sample_index"]) for job in batch]
-        videos = pipeline(
-            torch.stack([job["image"] for job in batch]),
-            num_frames=frames,
-            sampler=args.sampler,
-            steps=steps,
-            generator=generators,
-            precision=precision,
-            decode_chunk_size=args.decode_chunk_size,
-            progress=not args.no_progress,
-        )
+
+    def write_batch(videos, batch, record):
         for video, job in zip(videos, batch):
             written.append(write_outputs(video, job, args, record))
             bar.update()
+
+    # mp4 encoding of one batch overlaps the denoising of the next
+    with BackgroundWriter() as writer:
+        for batch in batches(iter_jobs(inputs, args, pipeline.image_size, frames, failures, tqdm.write), args.batch_size):
+            if batch is None:
+                bar.update(args.num_of_vid)
+                continue
+            reset_peak_memory(pipeline.device)
+            generators = [sample_generator(args.seed, job["input_index"], job["sample_index"]) for job in batch]
+            videos = pipeline(
+                torch.stack([job["image"] for job in batch]),
+                num_frames=frames,
+                sampler=args.sampler,
+                steps=steps,
+                generator=generators,
+                precision=precision,
+                decode_chunk_size=args.decode_chunk_size,
+                progress=not args.no_progress,
+            )
+            peak = {memory_kind(pipeline.device) + "_mb": round(peak_memory_mb(pipeline.device), 1)}
+            writer.submit(write_batch, videos, batch, {**record, **peak})
     bar.close()
     print(f"wrote {len(written)} video(s) to {args.output_dir}")
     if failures:

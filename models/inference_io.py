@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,3 +91,32 @@ def write_sidecar(path, record: dict) -> Path:
     """Write the JSON record of one generated video, atomically."""
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+class BackgroundWriter:
+    """Runs output writing (mp4 encoding above all) on one worker thread, so it overlaps the next video's
+    denoising; at most one write is in flight, which bounds the videos held in memory."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-writer")
+        self._pending: Future | None = None
+
+    def submit(self, write, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write, *args)
+
+    def wait(self) -> None:
+        """Block until the write in flight is done; re-raises its exception."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

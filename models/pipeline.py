@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from einops import rearrange
+from torch import nn
 
 from .checkpoint import build_models, load_state_strict, read_checkpoint
 from .config import ModelConfig, get_preset
@@ -33,6 +34,8 @@ DEFAULT_STEPS = 25
 # The original's procedure (SPEC "Sampling"): ancestral DDPM over all 1000 steps.
 ORIGINAL_SAMPLER, ORIGINAL_STEPS = "ddpm", 1000
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# --low_memory's decode chunk: measured in bench/bench_paper.py to keep a 70-frame 640x512 video under 12 GB
+LOW_MEMORY_DECODE_CHUNK = 2
 
 
 def sample_generator(seed: int, *indices: int) -> torch.Generator:
@@ -51,9 +54,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
-    """Mixed precision around the networks (weights stay fp32, as the original's fp16 autocast); fp32: no-op."""
-    if precision == "fp32":
+def autocast(device: torch.device, precision: str, weights_dtype: torch.dtype = torch.float32):
+    """Mixed precision around fp32 networks (the original's fp16 autocast); a no-op for fp32 and for networks
+    whose weights are already cast to half precision, where the weights' dtype rules."""
+    if precision == "fp32" or weights_dtype != torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
@@ -77,6 +81,8 @@ class FashionFlowPipeline:
     def __init__(self, unet, adapter, encoders, config: ModelConfig):
         encoders.check_config(config)
         self.unet, self.adapter, self.encoders, self.config = unet, adapter, encoders, config
+        self.offload_encoders = False
+        self.static_decode_shapes = False  # pad the last decode chunk to full size (set by compile)
 
     @classmethod
     def from_checkpoint(
@@ -112,17 +118,56 @@ class FashionFlowPipeline:
         load_state_strict(unet, weights["net"], what="SpaceTimeUnet", path=path)
         load_state_strict(adapter, weights["adapter"], what="EmbeddingAdapter", path=path)
         del ckpt, weights
-        dtype = dtype or torch.float32
-        unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        adapter = adapter.to(device=device, dtype=dtype).eval().requires_grad_(False)
         encoders = FrozenEncoders.from_pretrained(
-            vae=vae or config.vae, clip=clip or config.clip, preprocessing=config.preprocessing, device=device, dtype=dtype
+            vae=vae or config.vae, clip=clip or config.clip, preprocessing=config.preprocessing
         )
-        return cls(unet, adapter, encoders, config)
+        pipeline = cls(unet.eval().requires_grad_(False), adapter.eval().requires_grad_(False), encoders, config)
+        return pipeline.to(device, dtype)
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The networks' weight dtype: float32 (autocast may still run them in half) or a half type."""
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> FashionFlowPipeline:
+        """Move (and cast) every network; half-precision weights make `precision` at call time redundant."""
+        for module in (self.unet, self.adapter, self.encoders.vae, self.encoders.clip):
+            # nn.Module.to: diffusers' override warns about fp32-only modules even when the VAE has none
+            nn.Module.to(module, device=device, dtype=dtype)
+        return self
+
+    def compile(self, *, unet: bool = True, decoder: bool = True, **options) -> FashionFlowPipeline:
+        """torch.compile the UNet and/or the VAE decoder (the two costs of a video); options go to torch.compile."""
+        if unet:
+            self.unet = torch.compile(self.unet, **options)
+        if decoder:
+            self.encoders.vae.decoder = torch.compile(self.encoders.vae.decoder, **options)
+            self.static_decode_shapes = True
+        return self
+
+    def enable_encoder_offload(self, enabled: bool = True) -> FashionFlowPipeline:
+        """Keep the VAE and CLIP in CPU memory and bring them to the accelerator only while they work."""
+        self.offload_encoders = enabled
+        if enabled:
+            self.encoders.to("cpu")
+        return self
+
+    @contextlib.contextmanager
+    def encoders_on_device(self):
+        if not self.offload_encoders:
+            yield self.encoders
+            return
+        self.encoders.to(self.device)
+        try:
+            yield self.encoders
+        finally:
+            self.encoders.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -151,9 +196,11 @@ class FashionFlowPipeline:
         """`images [B, 3, H, W]` -> (context [B, N, D], clean latent [B, C, h, w]); one VAE draw per image."""
         images = images.to(self.device)
         generators = _as_generators(generator, len(images))
-        latents = torch.cat([self.encoders.encode_frames(image[None], generator=g) for image, g in zip(images, generators)])
-        clip_hidden = self.encoders.encode_clip(images)
-        context = self.adapter(clip_hidden.to(latents.dtype), latents)
+        with self.encoders_on_device() as encoders:
+            latents = torch.cat([encoders.encode_frames(image[None], generator=g) for image, g in zip(images, generators)])
+            clip_hidden = encoders.encode_clip(images)
+        latents, clip_hidden = latents.to(self.device), clip_hidden.to(self.device)
+        context = self.adapter(clip_hidden.to(self.dtype), latents.to(self.dtype))
         return context, latents
 
     def prepare_latents(self, batch: int, num_frames: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
@@ -178,9 +225,12 @@ class FashionFlowPipeline:
         """Run `sampler` for `steps` from noise `latents` [B, C, F, h, w]; scheduler state stays in fp32."""
         scheduler = make_scheduler(sampler, steps)
 
+        dtype = self.dtype
+        context = context.to(dtype)
+
         def eps_model(x, t):
-            with autocast(self.device, precision):
-                return self.unet(x, context, timestep=t).float()
+            with autocast(self.device, precision, dtype):
+                return self.unet(x.to(dtype), context, timestep=t).float()
 
         generators = _as_generators(generator, len(latents))
         if all(g is None for g in generators):
@@ -195,10 +245,13 @@ class FashionFlowPipeline:
         if chunk_size < 1:
             raise ValueError(f"decode chunk size must be >= 1, got {chunk_size}")
         flat = rearrange(latents, "b c f h w -> (b f) c h w")
-        with autocast(self.device, precision):
-            frames = [
-                self.encoders.decode_latents(chunk, chunk_size=chunk_size).float().cpu() for chunk in flat.split(chunk_size)
-            ]
+        frames = []
+        with self.encoders_on_device() as encoders, autocast(self.device, precision, encoders.dtype):
+            for chunk in flat.split(chunk_size):
+                count = len(chunk)
+                if self.static_decode_shapes and count < chunk_size:  # one shape: a compiled decoder compiles once
+                    chunk = torch.cat([chunk, chunk[-1:].expand(chunk_size - count, -1, -1, -1)])
+                frames.append(encoders.decode_latents(chunk, chunk_size=chunk_size)[:count].float().cpu())
         return rearrange(torch.cat(frames), "(b f) c h w -> b f c h w", b=len(latents))
 
     @torch.inference_mode()
@@ -227,7 +280,7 @@ class FashionFlowPipeline:
         self.check_images(images)
         precision = resolve_precision(precision, self.device)
         generators = _as_generators(generator, len(images))
-        with autocast(self.device, precision):
+        with autocast(self.device, precision, self.dtype):
             context, image_latent = self.encode_image(images, generators)
         latents = self.prepare_latents(len(images), num_frames, generator=generators)
         bar = tqdm(total=steps, desc=f"{sampler} steps", unit="step", leave=False, disable=not progress)
@@ -240,7 +293,7 @@ class FashionFlowPipeline:
         try:
             latents = self.denoise(
                 latents,
-                context.float(),
+                context,
                 image_latent,
                 sampler=sampler,
                 steps=steps,

@@ -97,7 +97,7 @@ class ContinuousPositionBias(nn.Module):
         sizes = torch.tensor(dims, device=device)
         # every relative offset once, row-major over a (2d-1) x ... grid
         offsets = torch.stack(torch.meshgrid(*[torch.arange(-d + 1, d, device=device) for d in dims], indexing="ij"), -1)
-        bias = rearrange(offsets, "... c -> (...) c").float()
+        bias = rearrange(offsets, "... c -> (...) c").to(self.net[-1].weight.dtype)
         for layer in self.net:
             bias = layer(bias)
         # index of the offset between every pair of positions
@@ -371,6 +371,14 @@ class SpaceTimeUnet(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
+    def embed_timestep(self, timestep):  # [b] -> [b, 4 * dim]
+        sinusoids, *mlp = self.to_timestep_cond
+        # sinusoids of t up to 999 in float32 whatever the weights' dtype (bf16 cannot even hold 999 exactly)
+        emb = sinusoids(timestep.float()).to(mlp[0].weight.dtype)
+        for layer in mlp:
+            emb = layer(emb)
+        return emb
+
     def check_input(self, x):
         c = self.config
         if x.ndim != 5 or x.shape[1] != c.channels:
@@ -385,7 +393,7 @@ class SpaceTimeUnet(nn.Module):
         self.check_input(x)
         if exists(self.to_timestep_cond) != exists(timestep):
             raise ValueError("pass a timestep exactly when the model is timestep-conditioned")
-        t = self.to_timestep_cond(rearrange(timestep.float(), "... -> (...)")) if exists(timestep) else None
+        t = self.embed_timestep(rearrange(timestep, "... -> (...)")) if exists(timestep) else None
 
         x = self.conv_in(x)
         skips = []
