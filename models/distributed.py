@@ -21,6 +21,7 @@ class DistEnv:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    backend: str | None = None  # the process group's, when there is one
 
     @property
     def is_main(self) -> bool:
@@ -28,7 +29,7 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.backend is not None
 
 
 def add_local_rank_argument(parser: argparse.ArgumentParser) -> None:
@@ -59,17 +60,21 @@ def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
 
 
 def setup_distributed(device: str | None = None, local_rank: int | None = None) -> DistEnv:
-    """Join the process group when launched with several processes and pick this rank's device."""
+    """Join the process group when started by a launcher (torchrun sets RANK, even for one process, so a
+    1-GPU torchrun run takes the multi-GPU code path) and pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", local_rank if local_rank is not None else 0))
     rank = int(os.environ.get("RANK", local_rank if world_size > 1 else 0))
     dev = pick_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    launched = "RANK" in os.environ and "MASTER_ADDR" in os.environ
+    if (launched or world_size > 1) and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+    if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+    backend = dist.get_backend() if dist.is_initialized() else None
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
 
 
 def cleanup_distributed() -> None:

@@ -402,6 +402,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
             f"{cfg.batch_size}; project more videos or lower --batch_size"
         )
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * batches_per_epoch // cfg.grad_accum
+    say(
+        f"{len(dataset)} clips, {env.world_size} process(es) on {dev.type} ({env.backend or 'no process group'}), "
+        f"batch {cfg.batch_size} per process x {cfg.grad_accum} accumulation = "
+        f"{cfg.batch_size * cfg.grad_accum * env.world_size} per step, {total_steps} steps, {cfg.precision}"
+    )
 
     # ---- training state from the checkpoint
     generator = rank_generator(cfg.seed, env.rank)
