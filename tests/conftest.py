@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))  # a GPU machine gets a carried copy
 REFERENCE = SHARED / "reference"
 SAMPLES = SHARED / "samples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

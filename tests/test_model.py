@@ -44,14 +44,24 @@ def test_model_structure_file_matches_model():
     assert totals["params"] == sum(p.numel() for p in SpaceTimeUnet().parameters())
 
 
-def test_golden_unet_and_adapter(paper_models, reference_dir):
-    unet, adapter = paper_models
-    case = torch.load(reference_dir / "golden_unet.pt", weights_only=True)[0]
-    with torch.no_grad():
-        context = adapter(case["clip_hidden_states"], case["vae_latent"])
-        out = unet(case["noisy_latents"], case["context"], timestep=case["timesteps"])
-    assert_close_to_golden(context, case["context"])
-    assert_close_to_golden(out, case["noise_pred"])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_golden_unet_and_adapter(paper_models, reference_dir, device):
+    unet, adapter = (module.to(device) for module in paper_models)
+    case = {k: v.to(device) for k, v in torch.load(reference_dir / "golden_unet.pt", weights_only=True)[0].items()}
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 on a GPU too (cuDNN convolutions default to TF32)
+    try:
+        with torch.no_grad():
+            context = adapter(case["clip_hidden_states"], case["vae_latent"])
+            out = unet(case["noisy_latents"], case["context"], timestep=case["timesteps"])
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+        unet.cpu(), adapter.cpu()
+    assert_close_to_golden(context.cpu(), case["context"].cpu())
+    assert_close_to_golden(out.cpu(), case["noise_pred"].cpu())
 
 
 def test_golden_other_shapes_batches_timesteps(paper_models, filler):

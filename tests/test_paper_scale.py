@@ -1,0 +1,202 @@
+"""Paper-scale tooling on the CPU: stand-in encoders, half-precision weights, low-memory and compile-friendly
+decoding, overlapped writing, the launcher's process group, and the paper bench's smoke run."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import inference
+from models.checkpoint import build_models, save_checkpoint
+from models.config import get_preset
+from models.inference_io import BackgroundWriter
+from models.pipeline import FashionFlowPipeline, sample_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# published architectures (CompVis/stable-diffusion-v1-4 vae/config.json, openai/clip-vit-base-patch32)
+SD_VAE_PARAMS = 83_653_863
+CLIP_B32_VISION_PARAMS = 87_456_000
+
+
+def test_standins_have_the_published_architectures():
+    from models.standins import build_standin_clip, build_standin_vae
+
+    with torch.device("meta"):  # no memory, no time: only the architecture is checked
+        vae, clip = build_standin_vae(), build_standin_clip()
+    assert sum(p.numel() for p in vae.parameters()) == SD_VAE_PARAMS
+    assert vae.config.scaling_factor == 0.18215 and vae.config.latent_channels == 4
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 8  # 640x512 pixels -> 80x64 latents
+    assert sum(p.numel() for p in clip.parameters()) == CLIP_B32_VISION_PARAMS
+    tokens = (clip.config.image_size // clip.config.patch_size) ** 2 + 1
+    assert (tokens, clip.config.hidden_size) == (50, 768)  # the paper config's context
+
+
+def test_loading_a_standin_folder_says_its_outputs_are_noise(tmp_path):
+    from models.encoders import load_clip, load_vae
+    from models.standins import STANDIN_MARKER
+    from models.tiny_components import save_tiny_encoders
+
+    vae_dir, clip_dir = save_tiny_encoders(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_vae(vae_dir)
+    assert not [w for w in caught if "stand-in" in str(w.message)]
+    for folder in (vae_dir, clip_dir):
+        (folder / STANDIN_MARKER).write_text("stand-in")
+    with pytest.warns(UserWarning, match=r"VAE at .* stand-in.*noise"):
+        load_vae(vae_dir)
+    with pytest.warns(UserWarning, match=r"CLIP vision model at .* stand-in.*noise"):
+        load_clip(clip_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from models.tiny_components import save_tiny_encoders
+
+    root = tmp_path_factory.mktemp("paper_scale")
+    vae, clip = save_tiny_encoders(root / "encoders")
+    config = get_preset("tiny", vae=str(vae), clip=str(clip))
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    return dict(root=root, checkpoint=save_checkpoint(root / "ours.pth", unet, adapter, config))
+
+
+def test_half_precision_weights_compute_what_the_originals_autocast_did():
+    """bf16 weights give exactly fp32 weights under bf16 autocast, the original's way of running half precision:
+    the timestep sinusoids stay fp32 (bf16 cannot even hold t = 999) and every op sees the same dtypes."""
+    config = get_preset("tiny")
+    torch.manual_seed(0)
+    unet = build_models(config)[0].eval()
+    x, context = torch.randn(1, 4, 8, 16, 12), torch.randn(1, 17, 32)
+    t = torch.tensor([999.0])
+    with torch.no_grad():
+        reference = unet(x, context, timestep=t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = unet(x, context, timestep=t)
+        half = unet.to(torch.bfloat16)(x.bfloat16(), context.bfloat16(), timestep=t)
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half, autocast.bfloat16())
+    assert 0 < (half.float() - reference).norm() / reference.norm() < 0.15  # half precision, not garbage
+
+
+def test_pipeline_in_bf16_weights_stays_close_to_fp32(tiny):
+    images = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    videos = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        pipe = FashionFlowPipeline.from_checkpoint(tiny["checkpoint"], device="cpu", dtype=dtype)
+        assert pipe.dtype == dtype and pipe.encoders.dtype == dtype
+        videos[dtype] = pipe(images, num_frames=4, steps=2, generator=[sample_generator(0, 0, 0)], progress=False)
+    from models.metrics import psnr
+
+    assert videos[torch.bfloat16].dtype == torch.float32
+    assert psnr(videos[torch.bfloat16], videos[torch.float32]).min() > 25
+
+
+def test_offloaded_encoders_and_padded_decode_chunks_change_nothing(tiny):
+    pipe = FashionFlowPipeline.from_checkpoint(tiny["checkpoint"], device="cpu")
+    images = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(2))
+
+    def video(**kw):
+        return pipe(images, num_frames=8, steps=2, generator=[sample_generator(0, 0, 0)], progress=False, **kw)
+
+    reference = video(decode_chunk_size=8)
+    pipe.enable_encoder_offload()
+    assert torch.equal(video(decode_chunk_size=8), reference)
+    assert pipe.encoders.device.type == "cpu"
+    pipe.enable_encoder_offload(False)
+    pipe.static_decode_shapes = True  # what compile() sets: 8 frames in chunks of 3 decode as 3 + 3 + (2 + 1 pad)
+    calls = []
+    decode = pipe.encoders.decode_latents
+    pipe.encoders.decode_latents = lambda z, **kw: calls.append(len(z)) or decode(z, **kw)
+    try:
+        padded = video(decode_chunk_size=3)
+    finally:
+        del pipe.encoders.decode_latents
+        pipe.static_decode_shapes = False
+    assert calls == [3, 3, 3]
+    assert torch.allclose(padded, reference, atol=1e-5)
+
+
+def test_low_memory_inference_records_its_peak_in_the_sidecar(tiny, tmp_path):
+    photo = tmp_path / "look.png"
+    from PIL import Image
+
+    Image.new("RGB", (48, 64), (20, 120, 200)).save(photo)
+    args = ["--pretrained_model", str(tiny["checkpoint"]), "--image", str(photo), "--output_dir", str(tmp_path / "o"),
+            "--steps", "2", "--frames", "4", "--low_memory", "--no_progress", "--num_of_vid", "2"]  # fmt: skip
+    assert inference.main(args) == 0
+    for k in range(2):
+        sidecar = json.loads((tmp_path / "o" / f"look_sample{k}.json").read_text())
+        assert sidecar["low_memory"] is True and sidecar["weights_dtype"] == "float32"
+        assert sidecar["cpu_peak_rss_mb"] > 50  # torch alone takes more
+
+
+def test_background_writer_overlaps_one_write_and_reraises_errors():
+    events = []
+
+    def slow_write(name):
+        events.append(f"start {name}")
+        time.sleep(0.2)
+        events.append(f"end {name}")
+
+    with BackgroundWriter() as writer:
+        writer.submit(slow_write, "a")
+        events.append("caller free")  # the caller computes the next video meanwhile
+        writer.submit(slow_write, "b")  # waits for "a" first: never two videos pending
+    assert events.index("caller free") < events.index("end a") < events.index("start b")
+    assert events[-1] == "end b"
+
+    def broken():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter() as writer:
+        writer.submit(broken)
+    assert not [t for t in threading.enumerate() if t.name.startswith("video-writer")]
+
+
+def test_a_launcher_gets_a_process_group_even_for_one_process(monkeypatch):
+    """torchrun sets RANK even for one process: training then takes the DDP path, as on several GPUs."""
+    from models.distributed import cleanup_distributed, setup_distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    env = setup_distributed("cpu")
+    try:
+        assert env.distributed and env.backend == "gloo" and env.world_size == 1
+    finally:
+        cleanup_distributed()
+    for key in ("RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(key)
+    plain = setup_distributed("cpu")
+    assert not plain.distributed and plain.backend is None
+
+
+def test_paper_bench_smoke_runs_every_cpu_section(tmp_path):
+    """bench/bench_paper.py --smoke: the bench's own code at tiny sizes, so it cannot rot between GPU sessions."""
+    out = tmp_path / "smoke.json"
+    command = [sys.executable, "bench/bench_paper.py", "--smoke", "--sections", "inference,memory,decoder,train",
+               "--repeats", "1", "--json", str(out), "--report", str(tmp_path / "smoke.md")]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["errors"] == {}
+    ours, original = results["inference"]["ours"], results["inference"]["original"]
+    assert ours["steps"] == 4 and original["steps"] == 50 and original["extrapolated"]
+    assert all(ours[k] > 0 for k in ("clip", "vae_encode", "unet_call", "vae_decode", "mp4"))
+    assert ours["end_to_end"]["latency"] > 0 and results["inference"]["speedup"] > 0
+    assert results["meta"]["flops"]["unet_call"] > 0 and results["meta"]["smoke"] is True
+    assert all(r["psnr_vs_fp32_db"] > 20 for r in results["decoder"].values())
+    assert {k for k in results["train"]} == {"original: fp32, no checkpointing, batch 2", "ours: bf16 + checkpointing, batch 2"}
+    assert all(r["peak_memory_mb"] > 0 for r in results["memory"].values())
+    assert "## One video" in (tmp_path / "smoke.md").read_text()
