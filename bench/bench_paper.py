@@ -1,0 +1,859 @@
+"""Paper scale, measured: one 70-frame 640x512 video and one training step, phase by phase.
+
+    python bench/bench_paper.py                       # CPU: what is feasible, extrapolated and labelled so
+    python bench/bench_paper.py --device cuda --sections all --compile --report bench/results/paper_gpu.md
+    python bench/bench_paper.py --smoke               # the same code at tiny sizes, in seconds (run by a test)
+
+The networks are the paper's: the SpaceTimeUnet and adapter at the paper config (random weights) and the
+stand-in SD v1-4 VAE and CLIP ViT-B/32 (models/standins.py, random weights: every video is noise, the timings
+and memory are real). Sections:
+
+- inference: ours (the default sampler and precision: half-precision weights on CUDA, decode in chunks)
+  phase by phase (CLIP, VAE encode, each UNet call, VAE decode, mp4), then end to end; the original
+  procedure (1000 DDPM steps under fp16 autocast over fp32 weights, every frame decoded on its own in fp32)
+  timed for a few steps and frames and extrapolated, labelled so.
+- unet: one UNet call in fp32, the original's fp16 autocast, fp16 and bf16 weights, ours + torch.compile.
+- decoder: frames decoded the original's way and ours, with PSNR of half-precision decodes against fp32.
+- sdpa: which attention kernels a UNet call runs.
+- golden: the golden test case of ../shared/reference on this device, error in fp32 / bf16 / fp16.
+- train: one optimizer step at batch 2 x 70 frames, original settings (fp32, no checkpointing) against ours
+  (bf16 + gradient checkpointing), and the largest batch of ours that fits.
+- memory: peak memory of one video with the default and the --low_memory settings, and by decode chunk.
+- compiled (with --compile): end to end with the UNet and the decoder compiled.
+
+FLOPs per phase are counted with torch.utils.flop_counter on the meta device; the fraction of peak divides the
+achieved rate by a large matrix product's rate measured here in the phase's precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.checkpoint import build_models  # noqa: E402
+from models.config import get_preset  # noqa: E402
+from models.diffusion import NoiseSchedule, make_scheduler, sample_latents  # noqa: E402
+from models.encoders import FrozenEncoders  # noqa: E402
+from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, ORIGINAL_STEPS, FashionFlowPipeline  # noqa: E402
+from models.profiling import peak_memory_mb, reset_peak_memory, synchronize, timed  # noqa: E402
+from models.training import TrainingObjective  # noqa: E402
+from models.video_io import write_mp4  # noqa: E402
+
+SECTIONS = ("inference", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")  # compiling ones last
+SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+ORIGINAL_UNET = "original: fp32 weights (under fp16 autocast on a GPU)"
+
+
+# ---------------------------------------------------------------------------------------------------- set-up
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny preset and tiny encoders: seconds, for the test")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
+    p.add_argument("--sections", default=None, help=f"comma-separated of {SECTIONS} or 'all' (default: CPU-feasible ones)")
+    p.add_argument("--encoders", default="standins", help="folder with vae/ and clip/ (stand-ins are written there if absent)")
+    p.add_argument("--precision", choices=sorted(HALF) + ["fp32"], default=None, help="ours (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--unet_calls", type=int, default=None, help="UNet calls of ours to time (default: all on GPU, 2 on CPU)")
+    p.add_argument("--decode_frames", type=int, default=None, help="frames of ours to decode (default: all on GPU, 4 on CPU)")
+    p.add_argument("--original_calls", type=int, default=3, help="UNet calls of the original procedure timed")
+    p.add_argument("--original_frames", type=int, default=None, help="frames decoded the original's way (default 4, CPU 2)")
+    p.add_argument("--decode_chunk_size", type=int, default=8, help="our decode chunk")
+    p.add_argument("--repeats", type=int, default=3, help="end-to-end videos timed (median)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile variants (minutes of compiling)")
+    p.add_argument("--train_batch", type=int, default=2, help="batch of the training step")
+    p.add_argument("--max_train_batch", type=int, default=64, help="largest batch tried when searching what fits")
+    p.add_argument("--json", default=None, help="write all figures here")
+    p.add_argument("--report", default=None, help="write the markdown report here")
+    return p.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def encoder_dirs(args) -> tuple[Path, Path]:
+    folder = Path(args.encoders)
+    if args.smoke:
+        from models.tiny_components import save_tiny_encoders
+
+        return save_tiny_encoders(Path(tempfile.mkdtemp(prefix="bench_smoke_")))
+    if not (folder / "vae" / "config.json").is_file() or not (folder / "clip" / "config.json").is_file():
+        from models.standins import save_standins
+
+        print(f"writing stand-in encoders to {folder} (once)")
+        save_standins(folder)
+    return folder / "vae", folder / "clip"
+
+
+class Bench:
+    """The paper (or smoke) configuration on one device, with the shared inputs every section uses."""
+
+    def __init__(self, args):
+        self.args, self.device = args, pick_device(args.device)
+        self.config = get_preset("tiny" if args.smoke else "paper")
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        self.precision = args.precision or ("fp16" if self.cuda else "fp32")
+        self.vae_dir, self.clip_dir = encoder_dirs(args)
+        torch.manual_seed(0)
+        unet, adapter = build_models(self.config)
+        self.weights = {"net": unet.state_dict(), "adapter": adapter.state_dict()}
+        encoders = FrozenEncoders.from_pretrained(vae=self.vae_dir, clip=self.clip_dir, preprocessing=self.config.preprocessing)
+        self.pipeline = FashionFlowPipeline(
+            unet.eval().requires_grad_(False), adapter.eval().requires_grad_(False), encoders, self.config
+        )
+        self.frames = self.config.frames
+        self.latent_shape = (1, self.config.channels, self.frames, *self.config.latent_size)
+        self.image = torch.rand(1, 3, *self.pipeline.image_size, generator=torch.Generator().manual_seed(0))
+        self.flops = count_flops(self)
+        self.peaks = {}
+
+    def dtype(self, precision: str) -> torch.dtype:
+        return HALF.get(precision, torch.float32)
+
+    def ours(self) -> FashionFlowPipeline:
+        return self.pipeline.to(self.device, self.dtype(self.precision))
+
+    def original(self) -> FashionFlowPipeline:
+        return self.pipeline.to(self.device, torch.float32)
+
+    def peak(self, dtype: torch.dtype) -> float:
+        """FLOP/s of a large matrix product in `dtype` on this device (measured once per dtype)."""
+        if dtype not in self.peaks:
+            n = 8192 if self.cuda else 1024
+            a, b = (torch.randn(n, n, device=self.device, dtype=dtype) for _ in range(2))
+            tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 convolutions run in TF32 by default: compare like with like
+            try:
+                seconds = median_seconds(self.device, lambda: a @ b, repeats=10 if self.cuda else 3)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+            self.peaks[dtype] = 2 * n**3 / seconds
+        return self.peaks[dtype]
+
+    def utilisation(self, flops: float, seconds: float, dtype: torch.dtype) -> float:
+        return flops / seconds / self.peak(dtype)
+
+
+def median_seconds(device, fn, *, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = {}
+        with timed(device, t, "s"):
+            fn()
+        times.append(t["s"])
+    return statistics.median(times)
+
+
+def count_flops(bench: Bench) -> dict:
+    """FLOPs of each phase for one video, counted on the meta device (no compute, no memory)."""
+    from models.standins import build_standin_clip, build_standin_vae
+    from models.tiny_components import build_tiny_clip, build_tiny_vae
+
+    def flops(fn) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return float(counter.get_total_flops())
+
+    config = bench.config
+    with torch.device("meta"):
+        unet, adapter = build_models(config)
+        vae = build_tiny_vae() if bench.args.smoke else build_standin_vae()
+        clip = build_tiny_clip() if bench.args.smoke else build_standin_clip()
+        x = torch.empty(*bench.latent_shape)
+        context = torch.empty(1, config.context_tokens, config.context_dim)
+        latent = torch.empty(1, config.channels, *config.latent_size)
+        image = torch.empty(1, 3, *bench.pipeline.image_size)
+        clip_size = clip.config.image_size
+        return {
+            "clip": flops(lambda: clip(pixel_values=torch.empty(1, 3, clip_size, clip_size))),
+            "vae_encode": flops(lambda: vae.encode(image)),
+            "unet_call": flops(lambda: unet(x, context, timestep=torch.empty(1))),
+            "vae_decode_frame": flops(lambda: vae.decode(latent)),
+            "adapter": flops(lambda: adapter(torch.empty(1, config.context_tokens, config.context_dim), latent)),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+
+
+def phases_of_one_video(
+    bench: Bench, pipeline, *, precision, sampler, steps, unet_calls, decode_frames, chunk, decode_precision=None
+) -> dict:
+    """Seconds per phase of one video; UNet calls beyond `unet_calls` and frames beyond `decode_frames` are
+    extrapolated from the ones timed (the result says how many were)."""
+    dev, times = bench.device, {}
+    generator = torch.Generator().manual_seed(0)
+    encoders = pipeline.encoders
+    with torch.inference_mode():
+        with timed(dev, times, "clip"):
+            clip_hidden = encoders.encode_clip(bench.image)
+        with timed(dev, times, "vae_encode"):
+            latent = encoders.encode_frames(bench.image, generator=generator)
+        with timed(dev, times, "adapter"):
+            context = pipeline.adapter(clip_hidden.to(pipeline.dtype), latent.to(pipeline.dtype))
+        noise = pipeline.prepare_latents(1, bench.frames, generator=generator)
+        scheduler = make_scheduler(sampler, steps)
+        scheduler.timesteps = scheduler.timesteps[:unet_calls]
+        calls = []
+
+        def eps_model(x, t):
+            step = {}
+            with timed(dev, step, "s"), pipeline_autocast(pipeline, precision):
+                out = pipeline.unet(x.to(pipeline.dtype), context.to(pipeline.dtype), timestep=t).float()
+            calls.append(step["s"])
+            return out
+
+        with timed(dev, times, "sampling_loop_timed_part"):
+            latents = sample_latents(eps_model, noise, scheduler, first_frame=latent.float(), generator=[generator])
+        frames = latents[:, :, :decode_frames]
+        with timed(dev, times, "vae_decode_timed_part"):
+            video = pipeline.decode_latents(frames, chunk, precision=decode_precision or precision)[0]
+        with tempfile.TemporaryDirectory() as tmp, timed(dev, times, "mp4_timed_part"):
+            write_mp4(video, Path(tmp) / "video.mp4", fps=25)
+    # the first call pays for cuDNN autotuning: the median is the steady state
+    call = statistics.median(calls[1:] if len(calls) > 2 else calls)
+    per_frame_decode = times["vae_decode_timed_part"] / decode_frames
+    result = {
+        "clip": times["clip"],
+        "vae_encode": times["vae_encode"] + times["adapter"],
+        "unet_call": call,
+        "unet_calls_timed": len(calls),
+        "unet_total": call * steps,
+        "loop_overhead": max(times["sampling_loop_timed_part"] - sum(calls), 0.0) / len(calls) * steps,
+        "vae_decode": per_frame_decode * bench.frames,
+        "decode_frames_timed": decode_frames,
+        "mp4": times["mp4_timed_part"] / decode_frames * bench.frames,
+        "extrapolated": len(calls) < steps or decode_frames < bench.frames,
+    }
+    result["total"] = sum(result[k] for k in ("clip", "vae_encode", "unet_total", "loop_overhead", "vae_decode", "mp4"))
+    return result
+
+
+def pipeline_autocast(pipeline, precision):
+    from models.pipeline import autocast
+
+    return autocast(pipeline.device, precision, pipeline.dtype)
+
+
+def section_inference(bench: Bench) -> dict:
+    args, cuda = bench.args, bench.cuda
+    steps = DEFAULT_STEPS if not args.smoke else 4
+    unet_calls = min(args.unet_calls or (steps if cuda or args.smoke else 2), steps)
+    decode_frames = min(args.decode_frames or (bench.frames if cuda or args.smoke else 4), bench.frames)
+    ours_pipe = bench.ours()
+    phases_of_one_video(  # warm-up: cuDNN autotuning, lazy initialisation
+        bench, ours_pipe, precision=bench.precision, sampler=DEFAULT_SAMPLER, steps=steps,
+        unet_calls=min(unet_calls, 2), decode_frames=min(decode_frames, args.decode_chunk_size), chunk=args.decode_chunk_size,
+    )  # fmt: skip
+    ours = phases_of_one_video(
+        bench, ours_pipe, precision=bench.precision, sampler=DEFAULT_SAMPLER, steps=steps,
+        unet_calls=unet_calls, decode_frames=decode_frames, chunk=args.decode_chunk_size,
+    )  # fmt: skip
+    ours.update(
+        sampler=DEFAULT_SAMPLER,
+        steps=steps,
+        precision=bench.precision,
+        weights=str(ours_pipe.dtype),
+        chunk=args.decode_chunk_size,
+    )
+    if not ours["extrapolated"]:
+        ours["end_to_end"] = end_to_end_seconds(bench, ours_pipe, steps)
+
+    original_steps = ORIGINAL_STEPS if not args.smoke else 50
+    original_precision = "fp16" if cuda else "fp32"
+    original_pipe = bench.original()
+    original = phases_of_one_video(
+        bench, original_pipe, precision=original_precision, sampler="ddpm", steps=original_steps,
+        unet_calls=min(args.original_calls, original_steps),
+        decode_frames=min(args.original_frames or (4 if cuda else 2), bench.frames), chunk=1, decode_precision="fp32",
+    )  # fmt: skip
+    original.update(
+        sampler="ddpm",
+        steps=original_steps,
+        precision=f"{original_precision} autocast" if cuda else "fp32",
+        weights="torch.float32",
+        chunk=1,
+    )
+
+    flops = bench.flops
+    for result, dtype in ((ours, bench.dtype(bench.precision)), (original, torch.float16 if cuda else torch.float32)):
+        result["flops"] = {
+            "unet_call": flops["unet_call"],
+            "clip": flops["clip"],
+            "vae_encode": flops["vae_encode"] + flops["adapter"],
+            "unet_total": flops["unet_call"] * result["steps"],
+            "vae_decode": flops["vae_decode_frame"] * bench.frames,
+        }
+        result["utilisation"] = {
+            k: bench.utilisation(f, result[k], dtype if k != "vae_decode" or result is ours else torch.float32)
+            for k, f in result["flops"].items()
+            if result[k] > 0
+        }
+    speedup = original["total"] / (ours["end_to_end"]["latency"] if "end_to_end" in ours else ours["total"])
+    return {"ours": ours, "original": original, "speedup": speedup, "video_seconds": bench.frames / 25}
+
+
+def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None = None) -> dict:
+    """Photo -> mp4 through FashionFlowPipeline.__call__ as inference.py runs it: the median latency of one video
+    on its own, and the per-video time of back-to-back videos whose mp4 encoding overlaps the next video."""
+    from models.inference_io import BackgroundWriter
+
+    repeats = repeats or bench.args.repeats
+    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+
+    def make_video(i: int):
+        return pipeline(
+            bench.image, sampler=DEFAULT_SAMPLER, steps=steps, generator=torch.Generator().manual_seed(i),
+            precision=bench.precision, decode_chunk_size=bench.args.decode_chunk_size, progress=False,
+        )[0]  # fmt: skip
+
+    latency = median_seconds(bench.device, lambda: write_mp4(make_video(0), tmp / "latency.mp4"), repeats=repeats, warmup=0)
+    start = time.perf_counter()
+    with BackgroundWriter() as writer:
+        for i in range(repeats):
+            writer.submit(write_mp4, make_video(i), tmp / f"video{i}.mp4")
+    return {"latency": latency, "per_video_overlapped": (time.perf_counter() - start) / repeats, "videos": repeats}
+
+
+def section_compiled(bench: Bench) -> dict:
+    """End to end with the UNet and the decoder compiled (inference.py --compile); the first video compiles."""
+    steps = DEFAULT_STEPS if not bench.args.smoke else 4
+    pipeline = bench.ours()
+    unet, decoder = pipeline.unet, pipeline.encoders.vae.decoder
+    pipeline.compile()
+    try:
+        start = time.perf_counter()
+        end_to_end_seconds(bench, pipeline, steps, repeats=1)
+        first = time.perf_counter() - start
+        return {**end_to_end_seconds(bench, pipeline, steps), "first_videos_seconds": first}
+    finally:
+        pipeline.unet, pipeline.encoders.vae.decoder = unet, decoder
+
+
+def section_unet(bench: Bench) -> dict:
+    """One UNet call at 70 frames in each precision (and compiled), with PyTorch's defaults (TF32 convolutions)."""
+    pipeline, dev = bench.pipeline, bench.device
+    x = torch.randn(*bench.latent_shape, device=dev)
+    context = torch.randn(1, bench.config.context_tokens, bench.config.context_dim, device=dev)
+    t = torch.full((1,), 500.0, device=dev)
+    repeats = 5 if bench.cuda or bench.args.smoke else 1
+    if bench.cuda:  # the original ran its UNet under fp16 autocast on a GPU
+        variants = [(ORIGINAL_UNET, torch.float32, "fp16"), ("fp32", torch.float32, "fp32")]
+        variants += [(f"{p} weights", HALF[p], p) for p in ("fp16", "bf16")]
+    else:
+        variants = [(ORIGINAL_UNET, torch.float32, "fp32"), ("bf16 weights", torch.bfloat16, "bf16")]
+    results = {}
+    try:
+        for name, dtype, precision in variants:
+            unet, xd, cd = pipeline.unet.to(dev, dtype), x.to(dtype), context.to(dtype)
+            with torch.inference_mode(), pipeline_autocast_for(dev, precision, dtype):
+                seconds = median_seconds(dev, lambda u=unet, xd=xd, cd=cd: u(xd, cd, timestep=t), repeats=repeats)
+            results[name] = {
+                "seconds": seconds,
+                "utilisation": bench.utilisation(bench.flops["unet_call"], seconds, HALF.get(precision, torch.float32)),
+            }
+        if bench.args.compile:
+            dtype = bench.dtype(bench.precision)
+            unet, xd, cd = pipeline.unet.to(dev, dtype), x.to(dtype), context.to(dtype)
+            compiled = torch.compile(unet)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled(xd, cd, timestep=t)
+                synchronize(dev)
+                compile_seconds = time.perf_counter() - start
+                seconds = median_seconds(dev, lambda: compiled(xd, cd, timestep=t), repeats=repeats)
+            results[f"{bench.precision} weights + torch.compile"] = {
+                "seconds": seconds,
+                "compile_seconds": compile_seconds,
+                "utilisation": bench.utilisation(bench.flops["unet_call"], seconds, dtype),
+            }
+    finally:
+        pipeline.unet.float()
+    base = results[ORIGINAL_UNET]["seconds"]
+    for r in results.values():
+        r["speedup_vs_original"] = base / r["seconds"]
+    return results
+
+
+def pipeline_autocast_for(device, precision, dtype):
+    from models.pipeline import autocast
+
+    return autocast(device, precision, dtype)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    from models.metrics import psnr as psnr_metric
+
+    return float(psnr_metric(a, b).mean())  # mean over frames
+
+
+def section_decoder(bench: Bench) -> dict:
+    """Decoding frames: the original's (fp32, one frame per call) against ours, with quality of half precision."""
+    pipeline, dev, args = bench.pipeline, bench.device, bench.args
+    frames = min(args.decode_chunk_size, bench.frames)
+    latents = torch.randn(1, bench.config.channels, frames, *bench.config.latent_size, generator=torch.Generator().manual_seed(2))
+    repeats = 3 if bench.cuda or args.smoke else 1
+    results = {}
+    reference = true_fp32_decode(pipeline, latents.to(dev), frames)
+    variants = [
+        ("original: fp32, 1 frame per call", torch.float32, 1, False),
+        (f"fp32, {frames} per call", torch.float32, frames, False),
+    ]
+    half = list(HALF) if bench.cuda else ["bf16"]
+    variants += [(f"{p} weights, {frames} per call", HALF[p], frames, False) for p in half]
+    if bench.cuda:
+        variants += [(f"{p} weights, {frames} per call, channels_last", HALF[p], frames, True) for p in half]
+    try:
+        for name, dtype, chunk, channels_last in variants:
+            vae = nn.Module.to(pipeline.encoders.vae, dev, dtype)  # nn.Module.to: see FashionFlowPipeline.to
+            vae.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            out = {}
+
+            def decode(chunk=chunk, out=out):
+                out["video"] = pipeline.decode_latents(latents.to(dev), chunk)
+
+            seconds = median_seconds(dev, decode, repeats=repeats)
+            entry = {"seconds_per_frame": seconds / frames}
+            entry["utilisation"] = bench.utilisation(bench.flops["vae_decode_frame"] * frames, seconds, dtype)
+            entry["psnr_vs_fp32_db"] = psnr(out["video"], reference)
+            entry["finite"] = bool(torch.isfinite(out["video"]).all())
+            results[name] = entry
+            del vae
+        if args.compile:
+            results.update(compiled_decoder(bench, latents, frames, repeats, reference))
+    finally:
+        pipeline.encoders.vae.float().to(memory_format=torch.contiguous_format)
+    base = results["original: fp32, 1 frame per call"]["seconds_per_frame"]
+    for r in results.values():
+        r["speedup_vs_original"] = base / r["seconds_per_frame"]
+    return results
+
+
+def true_fp32_decode(pipeline, latents, chunk: int) -> torch.Tensor:
+    """The quality reference: fp32 weights and fp32 arithmetic (cuDNN's TF32 off)."""
+    pipeline.encoders.vae.float()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        return pipeline.decode_latents(latents, chunk)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def compiled_decoder(bench: Bench, latents, frames: int, repeats: int, reference: torch.Tensor) -> dict:
+    pipeline, dev = bench.pipeline, bench.device
+    dtype = bench.dtype(bench.precision)
+    vae = nn.Module.to(pipeline.encoders.vae, dev, dtype).to(memory_format=torch.channels_last)
+    eager = vae.decoder
+    vae.decoder = torch.compile(eager)
+    try:
+        start = time.perf_counter()
+        pipeline.decode_latents(latents.to(dev), frames)
+        synchronize(dev)
+        compile_seconds = time.perf_counter() - start
+        seconds = median_seconds(dev, lambda: pipeline.decode_latents(latents.to(dev), frames), repeats=repeats, warmup=0)
+        video = pipeline.decode_latents(latents.to(dev), frames)
+    finally:
+        vae.decoder = eager
+    return {
+        f"{bench.precision} weights, {frames} per call, channels_last + torch.compile": {
+            "seconds_per_frame": seconds / frames,
+            "compile_seconds": compile_seconds,
+            "psnr_vs_fp32_db": psnr(video, reference),
+            "finite": bool(torch.isfinite(video).all()),
+            "utilisation": bench.utilisation(bench.flops["vae_decode_frame"] * frames, seconds, dtype),
+        }
+    }
+
+
+def section_sdpa(bench: Bench) -> dict:
+    """The attention kernels one half-precision UNet call launches, with their share of the call's GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = bench.device
+    dtype = bench.dtype(bench.precision)
+    unet = bench.pipeline.unet.to(dev, dtype)
+    x = torch.randn(*bench.latent_shape, device=dev, dtype=dtype)
+    context = torch.randn(1, bench.config.context_tokens, bench.config.context_dim, device=dev, dtype=dtype)
+    t = torch.full((1,), 500.0, device=dev)
+    activities = [ProfilerActivity.CUDA] if bench.cuda else [ProfilerActivity.CPU]
+    with torch.inference_mode():
+        unet(x, context, timestep=t)
+        with profile(activities=activities) as prof:
+            unet(x, context, timestep=t)
+            synchronize(dev)
+    unet.float()
+    kernels = {}
+    for event in prof.key_averages():
+        device_time = getattr(event, "device_time_total", 0) if bench.cuda else event.cpu_time_total
+        kernels[event.key] = kernels.get(event.key, 0) + device_time
+    total = sum(v for k, v in kernels.items() if not k.startswith("aten::")) if bench.cuda else sum(kernels.values())
+    words = ("flash", "fmha", "attention", "efficient", "cudnn_sdpa", "sdpa", "softmax")
+    attention = {k: v for k, v in kernels.items() if any(w in k.lower() for w in words)}
+    top = sorted(attention.items(), key=lambda kv: -kv[1])[:8]
+    return {"kernels": [{"name": k[:120], "share": v / max(total, 1)} for k, v in top], "dtype": str(dtype)}
+
+
+def section_golden(bench: Bench) -> dict:
+    """The reference's golden UNet case on this device: error relative to the output's max, per precision."""
+    import importlib.util
+
+    reference = SHARED / "reference"
+    if not (reference / "golden_unet.pt").is_file():
+        return {"skipped": f"no golden file under {reference} (set FASHIONFLOW_SHARED)"}
+    spec = importlib.util.spec_from_file_location("filler", reference / "filler.py")
+    filler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filler)
+    unet, adapter = build_models(get_preset("paper"))
+    unet.load_state_dict(filler.deterministic_state_dict(unet.state_dict()))
+    adapter.load_state_dict(filler.deterministic_state_dict(adapter.state_dict()))
+    case = torch.load(reference / "golden_unet.pt", weights_only=True)[0]
+    dev, results = bench.device, {}
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        precisions = ("fp32", "bf16", "fp16") if bench.cuda else ("fp32", "bf16")  # CPUs have no fast fp16 kernels
+        for name in precisions:
+            dtype = HALF.get(name, torch.float32)
+            u, a = unet.to(dev, dtype).eval(), adapter.to(dev, dtype).eval()
+            with torch.inference_mode():
+                context = a(case["clip_hidden_states"].to(dev, dtype), case["vae_latent"].to(dev, dtype))
+                out = u(case["noisy_latents"].to(dev, dtype), case["context"].to(dev, dtype), timestep=case["timesteps"].to(dev))
+            results[name] = {
+                "unet_max_error_rel": float(
+                    (out.float().cpu() - case["noise_pred"]).abs().max() / case["noise_pred"].abs().max()
+                ),
+                "adapter_max_error_rel": float(
+                    (context.float().cpu() - case["context"]).abs().max() / case["context"].abs().max()
+                ),
+            }
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    return results
+
+
+def train_step_figures(bench: Bench, *, batch: int, precision: str, checkpointing: bool, steps: int = 2) -> dict:
+    """One AdamW step of the training objective at `batch` x frames, fresh models; seconds of the last step."""
+    dev, config = bench.device, bench.config
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    unet.enable_gradient_checkpointing(checkpointing)
+    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(dev).train()
+    opt = torch.optim.AdamW(objective.parameters(), lr=1e-4, weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, config.channels, bench.frames, *config.latent_size, generator=g).to(dev)
+    clip_hidden = torch.randn(batch, config.context_tokens, config.context_dim, generator=g).to(dev)
+    image_latent = latents[:, :, 0].clone()
+    noise = torch.randn(latents.shape, generator=g).to(dev)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(dev)
+    autocast = torch.autocast(dev.type, dtype=HALF.get(precision, torch.float32), enabled=precision != "fp32")
+    times = {}
+    reset_peak_memory(dev)
+    try:
+        for _ in range(steps):
+            times = {}
+            with timed(dev, times, "s"):
+                with autocast:
+                    loss = objective(latents, clip_hidden, image_latent, t, noise)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return {"seconds": times["s"], "peak_memory_mb": peak_memory_mb(dev), "loss": loss.item()}
+    finally:
+        del objective, opt, unet, adapter
+        if bench.cuda:
+            torch.cuda.empty_cache()
+
+
+def section_train(bench: Bench) -> dict:
+    b = bench.args.train_batch
+    results = {}
+    for name, precision, checkpointing in (
+        (f"original: fp32, no checkpointing, batch {b}", "fp32", False),
+        (f"ours: bf16 + checkpointing, batch {b}", "bf16", True),
+    ):
+        try:
+            results[name] = train_step_figures(bench, batch=b, precision=precision, checkpointing=checkpointing)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            results[name] = {"out_of_memory": True}
+    if bench.cuda:
+        results["largest_batch_ours"] = largest_batch(bench)
+    return results
+
+
+def largest_batch(bench: Bench) -> dict:
+    """Double the batch of ours (bf16 + checkpointing) until a step runs out of memory."""
+    fits, batch = None, bench.args.train_batch * 2
+    while batch <= bench.args.max_train_batch:
+        try:
+            fits = {"batch": batch, **train_step_figures(bench, batch=batch, precision="bf16", checkpointing=True, steps=1)}
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return {**fits, "next_failed": batch} if fits else {"batch": None, "next_failed": batch}
+        batch *= 2
+    return {**fits, "limit": f"stopped at --max_train_batch {bench.args.max_train_batch}"} if fits else {}
+
+
+def section_memory(bench: Bench) -> dict:
+    """Peak memory of one whole video: default settings against --low_memory (encoders offloaded, 2-frame chunks)."""
+    args, dev = bench.args, bench.device
+    steps = 2  # peak memory does not depend on the number of steps
+    results = {}
+    variants = [(f"default (decode chunk {args.decode_chunk_size})", False, args.decode_chunk_size)]
+    variants += [(f"decode chunk {c}", False, c) for c in (7, 14, 35) if c < bench.frames and c != args.decode_chunk_size]
+    variants += [
+        (f"--low_memory (encoders offloaded, decode chunk {LOW_MEMORY_DECODE_CHUNK})", True, LOW_MEMORY_DECODE_CHUNK),
+        ("encoders offloaded, decode chunk 1", True, 1),
+    ]
+    for name, offload, chunk in variants:
+        pipeline = bench.ours()
+        pipeline.enable_encoder_offload(offload)
+        if not offload:
+            pipeline.encoders.to(dev)
+
+        def video(chunk=chunk, pipeline=pipeline):
+            pipeline(bench.image, steps=steps, generator=torch.Generator().manual_seed(0), precision=bench.precision,
+                     decode_chunk_size=chunk, progress=False)  # fmt: skip
+
+        video()  # cuDNN autotuning of new shapes allocates workspaces beyond the steady state
+        if bench.cuda:
+            torch.cuda.empty_cache()
+        reset_peak_memory(dev)
+        t = {}
+        with timed(dev, t, "s"):
+            video()
+        results[name] = {"peak_memory_mb": peak_memory_mb(dev), "seconds_2_steps": t["s"]}
+        pipeline.enable_encoder_offload(False)
+        pipeline.encoders.to(dev)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def fmt_flops(x: float) -> str:
+    return f"{x / 1e12:.3g} TFLOP" if x >= 1e11 else f"{x / 1e9:.3g} GFLOP"
+
+
+def fmt_s(x: float) -> str:
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s" if x < 600 else f"{x / 60:.1f} min"
+
+
+def report_markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# {'Smoke run (tiny preset)' if meta['smoke'] else 'Paper scale'}: {meta['device']}",
+        "",
+        f"`{meta['command']}` on {meta['date']} (torch {meta['torch']}). Paper configuration: {meta['frames']} frames at "
+        f"{meta['image_size'][0]}x{meta['image_size'][1]}, SpaceTimeUnet (random weights) and the stand-in SD v1-4 VAE and "
+        "CLIP ViT-B/32 (random weights: timings and memory are real, the videos are noise). Fraction of peak: achieved "
+        "FLOP/s over a large matrix product's FLOP/s measured in the same run and precision (fp32 as TF32 on a GPU, "
+        "where cuDNN runs fp32 convolutions in TF32 by default) "
+        f"({', '.join(f'{k}: {fmt_flops(v)}/s' for k, v in meta['matmul_peak'].items())}).",
+        "",
+        "FLOPs counted with torch.utils.flop_counter: "
+        + ", ".join(f"{k} {fmt_flops(v)}" for k, v in meta["flops"].items())
+        + ".",
+    ]
+    if "inference" in results:
+        inf = results["inference"]
+        ours, orig = inf["ours"], inf["original"]
+        lines += [
+            "",
+            "## One video",
+            "",
+            f"Ours: {ours['sampler']} {ours['steps']} steps, weights {ours['weights']}, decode chunk {ours['chunk']}"
+            + (
+                f" (timed {ours['unet_calls_timed']} UNet calls and {ours['decode_frames_timed']} frames, rest extrapolated)"
+                if ours["extrapolated"]
+                else ""
+            )
+            + f". Original: ddpm {orig['steps']} steps, {orig['precision']}, every frame decoded alone in fp32 "
+            f"(timed {orig['unet_calls_timed']} UNet calls and {orig['decode_frames_timed']} frames, extrapolated).",
+            "",
+            "| phase | original | ours | ratio | ours: fraction of peak |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for key, label in (("clip", "CLIP"), ("vae_encode", "VAE encode + adapter"), ("unet_call", "one UNet call"),
+                           ("unet_total", "all UNet calls"), ("loop_overhead", "sampler loop overhead"),
+                           ("vae_decode", "VAE decode, all frames"), ("mp4", "mp4 writing"), ("total", "total")):  # fmt: skip
+            util = ours["utilisation"].get(key)
+            ratio = orig[key] / ours[key] if ours[key] > 0 else float("nan")
+            lines.append(
+                f"| {label} | {fmt_s(orig[key])} | {fmt_s(ours[key])} | {ratio:.1f}x | {f'{util:.0%}' if util else '-'} |"
+            )
+        if "end_to_end" in ours:
+            e2e = ours["end_to_end"]
+            lines += ["", f"End to end (photo -> mp4 through `FashionFlowPipeline`): **{fmt_s(e2e['latency'])}** for one "
+                      f"{inf['video_seconds']:.1f} s clip on its own (median of {e2e['videos']}), **{inf['speedup']:.1f}x** the original "
+                      f"procedure; {fmt_s(e2e['per_video_overlapped'])} per video back to back, the mp4 encoding overlapping the "
+                      "next video as in inference.py."]  # fmt: skip
+            if "compiled" in results:
+                c = results["compiled"]
+                lines += ["", f"With `--compile` (UNet and decoder): **{fmt_s(c['latency'])}** for one video, "
+                          f"{orig['total'] / c['latency']:.1f}x the original; {fmt_s(c['per_video_overlapped'])} per video back to back. "
+                          f"Compiling took {fmt_s(c['first_videos_seconds'])} (the first video)."]  # fmt: skip
+        else:
+            lines += [
+                "",
+                f"Ours, extrapolated: {fmt_s(ours['total'])} per video; "
+                f"{inf['speedup']:.1f}x the original procedure (extrapolated).",
+            ]
+    if "unet" in results:
+        lines += [
+            "",
+            f"## One UNet call ({meta['frames']} frames)",
+            "",
+            "| variant | time | vs original | fraction of peak |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, r in results["unet"].items():
+            extra = f" (compiling took {r['compile_seconds']:.0f} s)" if "compile_seconds" in r else ""
+            lines.append(f"| {name}{extra} | {fmt_s(r['seconds'])} | {r['speedup_vs_original']:.2f}x | {r['utilisation']:.0%} |")
+    if "decoder" in results:
+        lines += [
+            "",
+            "## VAE decode",
+            "",
+            "PSNR against the same frames decoded in true fp32 (TF32 off).",
+            "",
+            "| variant | per frame | vs original | fraction of peak | PSNR vs fp32 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, r in results["decoder"].items():
+            extra = f" (compiling took {r['compile_seconds']:.0f} s)" if "compile_seconds" in r else ""
+            q = (
+                f"{r['psnr_vs_fp32_db']:.1f} dB" + ("" if r.get("finite", True) else " (non-finite!)")
+                if "psnr_vs_fp32_db" in r
+                else "-"
+            )
+            lines.append(
+                f"| {name}{extra} | {fmt_s(r['seconds_per_frame'])} | {r['speedup_vs_original']:.2f}x | {r['utilisation']:.0%} | {q} |"
+            )
+    if "sdpa" in results:
+        lines += ["", f"## Attention kernels ({results['sdpa']['dtype']} UNet call)", ""]
+        lines += [f"- `{k['name']}`: {k['share']:.1%} of the call's kernel time" for k in results["sdpa"]["kernels"]] or [
+            "- none found"
+        ]
+    if "golden" in results:
+        g = results["golden"]
+        lines += ["", "## Golden case on this device", ""]
+        lines += [f"- skipped: {g['skipped']}"] if "skipped" in g else [
+            f"- {k}: UNet max error {v['unet_max_error_rel']:.2e}, adapter {v['adapter_max_error_rel']:.2e} "
+            "(relative to the output's max; the test allows 1e-4 in fp32)"
+            for k, v in g.items()
+        ]  # fmt: skip
+    if "train" in results:
+        lines += [
+            "",
+            f"## Training step ({meta['frames']} frames)",
+            "",
+            "| settings | step time | peak memory |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, r in results["train"].items():
+            if name == "largest_batch_ours":
+                continue
+            if r.get("out_of_memory"):
+                lines.append(f"| {name} | out of memory | - |")
+                continue
+            lines.append(f"| {name} | {fmt_s(r['seconds'])} | {r['peak_memory_mb'] / 1024:.2f} GiB |")
+        largest = results["train"].get("largest_batch_ours")
+        if largest and largest.get("batch"):
+            tail = f"batch {largest['next_failed']} ran out of memory" if "next_failed" in largest else largest.get("limit", "")
+            lines += ["", f"Largest batch of ours that fits: **{largest['batch']}** ({fmt_s(largest['seconds'])} per step, "
+                      f"{largest['peak_memory_mb'] / 1024:.1f} GiB; {tail})."]  # fmt: skip
+    if "memory" in results:
+        lines += ["", "## Inference peak memory (one video)", "", "| settings | peak | time (2 steps) |", "| --- | ---: | ---: |"]
+        for name, r in results["memory"].items():
+            lines.append(f"| {name} | {r['peak_memory_mb'] / 1024:.2f} GiB | {fmt_s(r['seconds_2_steps'])} |")
+    for name, error in results.get("errors", {}).items():
+        lines += ["", f"Section `{name}` failed: `{error}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    default = ["inference", "unet", "decoder", "golden"] if device.type == "cpu" and not args.smoke else list(SECTIONS)
+    sections = default if args.sections is None else list(SECTIONS) if args.sections == "all" else args.sections.split(",")
+    if not args.compile and "compiled" in sections:
+        sections.remove("compiled")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}; choose from {SECTIONS}")
+    bench = Bench(args)
+    results = {"errors": {}}
+    runners = {name: globals()[f"section_{name}"] for name in SECTIONS}
+    for name in sections:
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        try:
+            results[name] = runners[name](bench)
+        except Exception as error:  # one failing section must not cost the others' figures
+            results["errors"][name] = f"{type(error).__name__}: {error}"[:500]
+            print(f"section {name} failed: {results['errors'][name]}", flush=True)
+        print(f"   {time.perf_counter() - start:.1f} s", flush=True)
+        if args.json:  # after every section, so a run cut short keeps what it measured
+            write_outputs(bench, results, sections, args)
+    write_outputs(bench, results, sections, args)
+    print(report_markdown(with_meta(bench, results, args)))
+    return results
+
+
+def with_meta(bench: Bench, results: dict, args) -> dict:
+    results["meta"] = {
+        "device": device_name(bench.device),
+        "command": "python bench/bench_paper.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "frames": bench.frames,
+        "image_size": list(bench.pipeline.image_size),
+        "flops": bench.flops,
+        "matmul_peak": {str(k).removeprefix("torch."): v for k, v in bench.peaks.items()},
+        "repeats": args.repeats,
+        "smoke": args.smoke,
+    }
+    return results
+
+
+def write_outputs(bench: Bench, results: dict, sections, args) -> None:
+    results = with_meta(bench, results, args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(report_markdown(results))
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
