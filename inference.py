@@ -30,12 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoint import RELEASED_CHECKPOINT_URL
 from models.config import PREPROCESSING_MODES, PRESETS
 from models.diffusion import SAMPLERS
-
-RELEASED_CHECKPOINT_URL = (
-    "https://www.dropbox.com/scl/fi/p9fv7o3j7ti0yu2umsgmv/FashionFlow_checkpoint.pth?rlkey=mqsto9i4ujh6xhvab0e2s6n7d&dl=0"
-)
 
 
 def start_frame_arg(text: str):

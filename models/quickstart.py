@@ -406,6 +406,8 @@ def run(cfg: QuickstartConfig) -> dict:
 
 
 def closing_message(cfg: QuickstartConfig, report: dict) -> str:
+    from .checkpoint import RELEASED_CHECKPOINT_URL
+
     result, work = Path(cfg.result_dir), cfg.work
     return f"""
 {report_markdown(report)}
@@ -415,10 +417,11 @@ Done in {report["seconds"]:.0f} s.
   TensorBoard:  tensorboard --logdir {work / "video_progress"}   (training samples also in {work / "training_sample"}/)
   checkpoints:  {work / "checkpoint"}/ (rerun with a larger --train_steps to continue training)
 
-The real model: download the released checkpoint (see RELEASED_CHECKPOINT_URL in inference.py) to
-checkpoint/FashionFlow_checkpoint.pth and run `python inference.py --image photo.jpg`. It loads the
-Stable Diffusion v1-4 VAE and openai/clip-vit-base-patch32 from the hub on first use; on an offline
-machine pass local copies with --vae DIR --clip DIR. A GPU makes it practical (70 frames at 640x512).
+The real model: download the released checkpoint,
+  curl -L -o checkpoint/FashionFlow_checkpoint.pth '{RELEASED_CHECKPOINT_URL}'
+then run `python inference.py --image photo.jpg`. It loads the Stable Diffusion v1-4 VAE and
+openai/clip-vit-base-patch32 from the hub on first use; on an offline machine pass local copies with
+--vae DIR --clip DIR. A GPU makes it practical (70 frames at 640x512).
 """
 
 
