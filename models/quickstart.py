@@ -28,10 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .scoring import ScoredFrames, mean_psnr_ssim
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("trained", "untrained", "static")
 MOTION_RANGE = (0.25, 4.0)  # generated / ground-truth motion counted as plausible
 CLEAR_MARGIN_DB = 1.0  # how much higher the trained model's PSNR must be than the untrained one's
+SCORED = ScoredFrames()  # the evaluation protocol's default: frame 0, the input, is not scored
 
 
 @dataclass
@@ -264,28 +267,24 @@ def motion_magnitude(video: torch.Tensor) -> float:
 
 
 def garment_colour_error(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> float:
-    """Mean RGB distance (0-255) between the garment's mean colour in `video` and in `truth`, frames 1 on.
+    """Mean RGB distance (0-255) between the garment's mean colour in `video` and in `truth`, over their frames.
 
     Both means are taken over the ground truth's visible-garment pixels of each frame (`masks [F, H, W]`).
     """
     errors = []
-    for t in range(1, len(truth)):
+    for t in range(len(truth)):
         mask = torch.from_numpy(masks[t])
         if mask.any():
             errors.append(torch.linalg.vector_norm(video[t][:, mask].mean(1) - truth[t][:, mask].mean(1)) * 255)
     return float(torch.stack(errors).mean()) if errors else float("nan")
 
 
-def score_video(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> dict:
-    """Per-video scores of `video` against `truth` (`[F, 3, H, W]` in [0, 1]); frame 0, the input, left out."""
-    from .metrics import psnr, ssim
-
-    return {
-        "psnr": float(psnr(video[1:], truth[1:]).mean()),
-        "ssim": float(ssim(video[1:], truth[1:]).mean()),
-        "garment_colour_error": garment_colour_error(video, truth, masks),
-        "motion": motion_magnitude(video),
-    }
+def score_video(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray, scored: ScoredFrames) -> dict:
+    """Per-video scores of `video` against `truth` (`[F, 3, H, W]` in [0, 1]) on the scored frames; the motion
+    is the whole clip's, frame 0 included, since a jump away from the input is motion too."""
+    psnr, ssim = mean_psnr_ssim(video, truth, scored)
+    colour_error = garment_colour_error(scored.select(video), scored.select(truth), masks[scored.first :])
+    return {"psnr": psnr, "ssim": ssim, "garment_colour_error": colour_error, "motion": motion_magnitude(video)}
 
 
 def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict:
@@ -307,7 +306,7 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         candidates = {method: read_video_frames(paths[method], size=size) for method in ("trained", "untrained")}
         candidates["static"] = truth[:1].expand_as(truth)
         for method, video in candidates.items():
-            scores = score_video(video, truth, masks)
+            scores = score_video(video, truth, masks, SCORED)
             per_video[method].append({"video": str(paths[method]), **scores})
 
     gt_motion = float(np.mean(truth_motion))
@@ -325,7 +324,13 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         "trained_beats_static_psnr": trained["psnr"] > static["psnr"],
         "trained_beats_static_ssim": trained["ssim"] > static["ssim"],
     }
-    return {"ground_truth_motion": gt_motion, "methods": summary, "per_video": per_video, "verdicts": verdicts}
+    return {
+        "ground_truth_motion": gt_motion,
+        "methods": summary,
+        "per_video": per_video,
+        "verdicts": verdicts,
+        **SCORED.record(),
+    }
 
 
 def report_markdown(report: dict) -> str:
@@ -334,7 +339,7 @@ def report_markdown(report: dict) -> str:
         "# FashionFlow quickstart report",
         "",
         f"{report['test_clips']} held-out synthetic clips of {report['frames']} frames at {report['size'][0]}x"
-        f"{report['size'][1]}; frame 0 is the input and is left out. Trained: {report['train_steps']} steps of the "
+        f"{report['size'][1]}; scored: {report['scored_frames']}. Trained: {report['train_steps']} steps of the "
         "tiny preset; untrained: the same configuration freshly initialised; static: the input frame repeated.",
         "",
         "| method | PSNR (dB) | SSIM | garment colour error | motion | motion / ground truth |",
