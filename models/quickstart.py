@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import platform
 import shutil
 import sys
 import time
@@ -342,6 +344,8 @@ def report_markdown(report: dict) -> str:
         f"{report['size'][1]}; scored: {report['scored_frames']}. Trained: {report['train_steps']} steps of the "
         "tiny preset; untrained: the same configuration freshly initialised; static: the input frame repeated.",
         "",
+        f"Measured on {report['machine']}, seed {report['config']['seed']}: this run took {report['seconds']:.0f} s.",
+        "",
         "| method | PSNR (dB) | SSIM | garment colour error | motion | motion / ground truth |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -368,6 +372,11 @@ def report_markdown(report: dict) -> str:
         "is not expected to beat it after a few minutes of CPU training.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    """The machine a report was measured on, named in its "Measured on" line."""
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def build_trained_model(cfg: QuickstartConfig) -> tuple[Path, dict, list[Path]]:
@@ -402,6 +411,7 @@ def run(cfg: QuickstartConfig) -> dict:
         trained_checkpoint=str(trained),
         encoders=encoder_info,
         config=asdict(cfg),
+        machine=machine(),
         seconds=time.perf_counter() - started,
     )
     result.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ def test_outputs_are_playable_files(short_run):
     assert json.loads((result / "report.json").read_text())["methods"].keys() == set(METHODS)
     md = (result / "report.md").read_text()
     assert all(f"| {method} |" in md for method in METHODS)
+    assert f"Measured on {report['machine']}, seed 0: this run took" in md and "torch threads" in report["machine"]
     message = closing_message(cfg, report)
     assert str(result / "report.md") in message and "tensorboard --logdir" in message and "--vae DIR" in message
 
