@@ -1,6 +1,6 @@
 """Animate fashion photos with a trained FashionFlow model.
 
-    python inference.py                                   # a frame of each video in fashion_dataset/test
+    python inference.py                                   # frame 0 of each video in fashion_dataset/test
     python inference.py --image photo.jpg                 # one photo (also: a folder, a glob, several)
     python inference.py --image shoots/ --num_of_vid 3 --gif --seed 7
     python inference.py --sampler ddpm --steps 1000       # the original's procedure (slow)
@@ -9,9 +9,10 @@ For each input, `--output_dir` receives the conditioning image `<stem>_input.png
 `<stem>_sample<k>.mp4` (H.264, plays in browsers and on phones) with a sidecar `<stem>_sample<k>.json`
 (source, start frame, frames, fps, seed, sampler, ...), optionally `.gif` and a `_frames/` folder of pngs.
 
-Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_frame random` picks one
-per video from `--seed`, like the original's random frame. Inputs that cannot be read are reported by
-name and skipped; the exit status is 1 when any input failed, 2 when nothing could start.
+Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_frame random` draws one per
+video from `--seed` so that the `--frames` window fits in the video (the original drew from [0, 171],
+assuming 241-frame videos). Inputs that cannot be read are reported by name and skipped; the exit status
+is 1 when any input failed, 2 when nothing could start.
 
 Precision: the original ran the UNet under fp16 autocast on CUDA, which is our default there; on the CPU
 the default is fp32, bf16 works, and fp16 falls back to fp32 with a warning.
