@@ -1,6 +1,6 @@
 """Animate fashion photos with a trained FashionFlow model.
 
-    python inference.py                                   # a frame of each video in fashion_dataset/test
+    python inference.py                                   # frame 0 of each video in fashion_dataset/test
     python inference.py --image photo.jpg                 # one photo (also: a folder, a glob, several)
     python inference.py --image shoots/ --num_of_vid 3 --gif --seed 7
     python inference.py --sampler ddpm --steps 1000       # the original's procedure (slow)
@@ -9,9 +9,10 @@ For each input, `--output_dir` receives the conditioning image `<stem>_input.png
 `<stem>_sample<k>.mp4` (H.264, plays in browsers and on phones) with a sidecar `<stem>_sample<k>.json`
 (source, start frame, frames, fps, seed, sampler, ...), optionally `.gif` and a `_frames/` folder of pngs.
 
-Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_frame random` picks one
-per video from `--seed`, like the original's random frame. Inputs that cannot be read are reported by
-name and skipped; the exit status is 1 when any input failed, 2 when nothing could start.
+Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_frame random` draws one per
+video from `--seed` so that the `--frames` window fits in the video (the original drew from [0, 171],
+assuming 241-frame videos). Inputs that cannot be read are reported by name and skipped; the exit status
+is 1 when any input failed, 2 when nothing could start.
 
 Precision: on CUDA the networks' weights are cast to fp16 (the precision the original's UNet ran in, under
 autocast over fp32 weights: `--autocast` does that); on the CPU the default is fp32, bf16 works, and fp16
@@ -32,12 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoint import RELEASED_CHECKPOINT_URL
 from models.config import PREPROCESSING_MODES, PRESETS
 from models.diffusion import SAMPLERS
-
-RELEASED_CHECKPOINT_URL = (
-    "https://www.dropbox.com/scl/fi/p9fv7o3j7ti0yu2umsgmv/FashionFlow_checkpoint.pth?rlkey=mqsto9i4ujh6xhvab0e2s6n7d&dl=0"
-)
 
 
 def start_frame_arg(text: str):

@@ -9,9 +9,10 @@
 the pipeline's default sampler and steps, chunked decode, `--precision`. Both go through
 `FashionFlowPipeline` with the same per-video generators, so they start from the same noise. Reported:
 seconds per video (each video alone, batch 1) and the speed-up; per-frame PSNR/SSIM of every candidate
-against 1000-step DDPM on the same seed and against the ground-truth clip (frame 0 left out: it is the
-input). Ancestral DDPM adds fresh noise at every step, so "vs DDPM" measures how far a sampler lands from
-one DDPM draw; "vs ground truth" of the two is the like-for-like quality comparison.
+against 1000-step DDPM on the same seed and against the ground-truth clip, on the frames that
+models/scoring.py scores (frame 0, the input, left out unless --include_input_frame). Ancestral DDPM
+adds fresh noise at every step, so "vs DDPM" measures how far a sampler lands from one DDPM draw;
+"vs ground truth" of the two is the like-for-like quality comparison.
 
 Without `--checkpoint` it uses the quickstart's trained tiny model and held-out synthetic clips
 (models/quickstart.py, in `--workdir`): built there first if missing, reused if present, so the quality
@@ -41,6 +42,7 @@ from models.pipeline import (  # noqa: E402
     FashionFlowPipeline,
     sample_generator,
 )
+from models.scoring import ScoredFrames, mean_psnr_ssim  # noqa: E402
 
 CANDIDATES = "ddpm:10,ddpm:15,ddpm:50,dpmsolver++:10,dpmsolver++:25,dpmsolver++:50,ddim:25,ddim:50"
 
@@ -87,13 +89,6 @@ def generate(pipe, images, *, sampler, steps, precision, chunk, frames, seed, sa
     return torch.stack(videos), sum(seconds) / len(seconds)
 
 
-def scores(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Mean per-frame PSNR and SSIM of videos [n, f, 3, h, w], frame 0 (the input) left out."""
-    from models.metrics import psnr, ssim
-
-    return psnr(a[:, 1:], b[:, 1:]).mean().item(), ssim(a[:, 1:], b[:, 1:]).mean().item()
-
-
 def parse_candidates(text: str) -> list[tuple[str, int]]:
     pairs = []
     for item in filter(None, text.split(",")):
@@ -118,8 +113,10 @@ def main(argv=None) -> Path:
     p.add_argument("--candidates", default=CANDIDATES, help="extra sampler:steps pairs to score")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include_input_frame", action="store_true", help="also score frame 0, the conditioning image")
     p.add_argument("--out", default=None, help="markdown file (default: bench/results/inference_<device>.md)")
     args = p.parse_args(argv)
+    scored = ScoredFrames(include_input=args.include_input_frame)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
@@ -165,7 +162,7 @@ def main(argv=None) -> Path:
         "",
         f"Model: {model}. {len(images)} inputs x {args.samples} seeds = {len(images) * args.samples} videos of "
         f"{frames} frames at {pipe.image_size[0]}x{pipe.image_size[1]} per configuration, batch 1, seed {args.seed}; "
-        "PSNR (dB) / SSIM per frame, frame 0 excluded.",
+        f"PSNR (dB) / SSIM per frame, scored: {scored.describe()}.",
         "",
         "Command: `" + " ".join(["python bench/bench_inference.py", *(sys.argv[1:] if argv is None else argv)]) + "`",
         "",
@@ -173,8 +170,8 @@ def main(argv=None) -> Path:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, t, videos in rows:
-        vs_ref = scores(videos, reference) if videos is not reference else (float("nan"), float("nan"))
-        vs_truth = scores(videos, truth) if truth is not None else (float("nan"), float("nan"))
+        vs_ref = mean_psnr_ssim(videos, reference, scored) if videos is not reference else (float("nan"), float("nan"))
+        vs_truth = mean_psnr_ssim(videos, truth, scored) if truth is not None else (float("nan"), float("nan"))
         cells = [
             f"{t:.2f}",
             f"{t_orig / t:.1f}x",

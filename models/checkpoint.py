@@ -14,9 +14,11 @@ target, so a crash mid-write leaves the previous file intact.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,10 @@ from .unet import SpaceTimeUnet
 
 FORMAT = "fashionflow"
 VERSION = 1
+# the direct download (dl=1); Dropbox's dl=0 links serve a web page instead of the file
+RELEASED_CHECKPOINT_URL = (
+    "https://www.dropbox.com/scl/fi/p9fv7o3j7ti0yu2umsgmv/FashionFlow_checkpoint.pth?rlkey=mqsto9i4ujh6xhvab0e2s6n7d&dl=1"
+)
 
 
 class CheckpointError(ValueError):
@@ -77,6 +83,46 @@ def _strip_module_prefix(state: dict) -> dict:
     return state
 
 
+def _describe_zip(path: Path) -> str | None:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(name.rpartition("/")[2] == "data.pkl" for name in names):  # torch.save's layout: <archive>/data.pkl
+        return None
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"a zip archive of something else ({listed or 'empty'})"
+
+
+def _describe_text(head: bytes) -> str | None:
+    if b"\x00" in head:
+        return None
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut by the read is no error
+    except UnicodeDecodeError:
+        return None
+    if "<html" in text.lower() or text.lstrip().lower().startswith("<!doctype html"):
+        return "an HTML page: the download link served its web page, not the file"
+    return f"a text file starting {text.strip()[:60]!r}"
+
+
+def _what_else(path: Path) -> str | None:
+    """What `path` is when its first bytes show it cannot be a checkpoint, else None (torch.load then decides)."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if not head:
+        return "an empty file (an interrupted download?)"
+    return _describe_zip(path) if zipfile.is_zipfile(path) else _describe_text(head)
+
+
+def refuse_non_checkpoint(path: Path) -> None:
+    """Raise CheckpointError naming what `path` is, and where the real file is, when it is no checkpoint at all."""
+    what = _what_else(path)
+    if what is not None:
+        raise CheckpointError(
+            f"{path} is not a checkpoint but {what}. Download the released FashionFlow_checkpoint.pth with its direct "
+            f"link, e.g. `curl -L -o {path} '{RELEASED_CHECKPOINT_URL}'`, or pass a checkpoint written by train.py"
+        )
+
+
 def read_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint file of either format into a dict with `net`, `adapter`, `config` (ModelConfig) and `format`."""
     path = Path(path)
@@ -85,6 +131,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
             f"checkpoint {path} does not exist; download the released FashionFlow_checkpoint.pth into checkpoint/ "
             "or pass the path of one of your own checkpoints"
         )
+    refuse_non_checkpoint(path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path, map_location)
     try:

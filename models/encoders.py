@@ -16,6 +16,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from torch import nn
 
 from .config import DEFAULT_CLIP, DEFAULT_VAE, PREPROCESSING_MODES
 from .standins import STANDIN_WARNING, is_standin
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -305,26 +309,38 @@ class FrozenEncoders(nn.Module):
         pixels = decoded if self.preprocessing == "legacy" else (decoded + 1) / 2
         return pixels.clamp(0, 1)
 
+    def _network_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the encoders' device and dtype, laid out contiguously: every VAE and CLIP input passes here.
+
+        torch's CPU GroupNorm loses precision on channels-last input whose group mean is large against its spread
+        (SPEC, "Details found by comparing"), and a strided view such as `frames_to_tensor`'s is exactly that.
+        """
+        return tensor.to(device=self.device, dtype=self.dtype, memory_format=torch.contiguous_format)
+
     @torch.no_grad()
+    def encode_posterior(self, frames: torch.Tensor, *, chunk_size: int = 8) -> DiagonalGaussianDistribution:
+        """Frames [N, 3, H, W] in [0, 1] -> the VAE's posterior over their unscaled latents, `chunk_size` frames a call."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"frames to encode must be [N, 3, H, W] in [0, 1], got shape {tuple(frames.shape)}")
+        self.latent_size(*frames.shape[-2:])
+        pixels = self._to_vae_range(self._network_input(frames))
+        moments = [self.vae.encode(chunk).latent_dist.parameters for chunk in pixels.split(chunk_size)]
+        # back to the weights' dtype after any autocast, so the posterior noise is drawn in it whatever the context
+        return DiagonalGaussianDistribution(torch.cat(moments).to(self.dtype))
+
+    def sample_latents(self, posterior: DiagonalGaussianDistribution, generator: torch.Generator | None = None):
+        """One draw from `posterior` for all its frames at once, times the scaling factor: [N, C, h, w]."""
+        return posterior.sample(generator) * self.latent_scale
+
     def encode_frames(self, frames: torch.Tensor, *, generator: torch.Generator | None = None, chunk_size: int = 8):
         """Frames [N, 3, H, W] in [0, 1] -> sampled, scaled latents [N, C, H / downscale, W / downscale].
 
         The noise of the posterior sample is drawn for all N frames at once, so the result does not depend on
         chunk_size; with one chunk it equals `latent_dist.sample(generator)` exactly.
         """
-        from diffusers.utils.torch_utils import randn_tensor
-
-        if frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"encode_frames expects frames [N, 3, H, W] in [0, 1], got shape {tuple(frames.shape)}")
-        height, width = self.latent_size(*frames.shape[-2:])
-        pixels = self._to_vae_range(frames.to(device=self.device, dtype=self.dtype))
-        shape = (len(frames), self.latent_channels, height, width)
-        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
-        latents = []
-        for start in range(0, len(frames), chunk_size):
-            posterior = self.vae.encode(pixels[start : start + chunk_size]).latent_dist
-            latents.append(posterior.mean + posterior.std * noise[start : start + chunk_size])
-        return torch.cat(latents) * self.latent_scale
+        return self.sample_latents(self.encode_posterior(frames, chunk_size=chunk_size), generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, *, chunk_size: int = 8) -> torch.Tensor:
@@ -333,7 +349,7 @@ class FrozenEncoders(nn.Module):
             raise ValueError(
                 f"decode_latents expects latents [N, {self.latent_channels}, h, w], got shape {tuple(latents.shape)}"
             )
-        latents = latents.to(device=self.device, dtype=self.dtype) / self.latent_scale
+        latents = self._network_input(latents) / self.latent_scale
         decoded = [self.vae.decode(chunk).sample for chunk in latents.split(chunk_size)]
         return self._from_vae_range(torch.cat(decoded))
 
@@ -341,4 +357,4 @@ class FrozenEncoders(nn.Module):
     def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> CLIP last_hidden_state [B, context_tokens, context_dim]."""
         pixel_values = preprocess_clip(images, self.preprocessing, size=self.clip_size)
-        return self.clip(pixel_values=pixel_values.to(device=self.device, dtype=self.dtype)).last_hidden_state
+        return self.clip(pixel_values=self._network_input(pixel_values)).last_hidden_state

@@ -9,10 +9,13 @@ window it was generated from (`source`, `start_frame`, `frames`, ...); the refer
 or is a reference stem plus a sample suffix (`_sample0`, `-sample2`, `_3`, `3`; the longest matching reference
 stem wins), compared from frame 0.
 
-Per-frame SSIM, PSNR and LPIPS are averaged over every compared frame; FID compares the Inception features
-of all generated frames with those of their reference windows; FVD compares I3D features of 16-frame clips
-(StyleGAN-V protocol). SSIM/PSNR always run; LPIPS/FID/FVD need their weights files (see --weights_dir) and
-are reported as skipped, with where to get them, when those are missing, unless asked for in --metrics.
+Scored frames (models/scoring.py): frame 0 of a generated video is the conditioning image, so it is left out
+unless --include_input_frame. Per-frame SSIM, PSNR and LPIPS are averaged over every scored frame; FID compares
+the Inception features of all scored generated frames with those of their reference windows; FVD compares I3D
+features of 16-frame clips (StyleGAN-V protocol). A generated video shorter or longer than its reference window
+is compared on the shorter length and named, per video and in the summary. SSIM/PSNR always run; LPIPS/FID/FVD
+need their weights files (see --weights_dir) and are reported as skipped, with where to get them, when those are
+missing, unless asked for in --metrics.
 Writes `<output>.json` and `<output>.md` with the protocol (resolution, frames, clip sampling, weights).
 """
 
@@ -37,6 +40,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_write
 from .feature_nets import MissingWeightsError, download_weights, load_i3d, load_inception, load_lpips, resolve_weights
 from .metrics import FeatureStats, frechet_distance_from_stats, psnr, ssim
+from .scoring import ScoredFrames
 from .video_io import iter_video_frames, resize_frame
 
 ALL_METRICS = ("ssim", "psnr", "lpips", "fid", "fvd")
@@ -46,8 +50,9 @@ FVD_CLIP_FRAMES = 16  # StyleGAN-V / DIGAN FVD protocol
 I3D_CALL = dict(rescale=True, resize=True, return_features=True)  # as StyleGAN-V calls i3d_torchscript.pt
 SAMPLE_SUFFIX = re.compile(r"(?:[_-]?sample)?[_-]?\d+")
 PAIRING_RULE = (
-    "sidecar <stem>.json (source, start_frame, frames) names the reference file; otherwise the generated stem equals "
-    "a reference stem, or a reference stem plus a sample suffix ([_-]?sample)?[_-]?<digits> (longest stem wins), from frame 0"
+    "one generated file per stem (mp4 before gif); its sidecar <stem>.json (source, start_frame, frames) names the "
+    "reference file; otherwise the generated stem equals a reference stem, or a reference stem plus a sample suffix "
+    "([_-]?sample)?[_-]?<digits> (longest stem wins), from frame 0"
 )
 
 
@@ -68,6 +73,15 @@ def _videos_in(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise FileNotFoundError(f"video folder {directory} does not exist; pass an existing folder")
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def one_file_per_sample(videos: list[Path]) -> list[Path]:
+    """Of files sharing a stem (`inference.py --gif` writes an mp4 and a gif of each sample), the one whose
+    extension comes first in VIDEO_EXTENSIONS: every sample is scored once, from its mp4 when there is one."""
+    chosen: dict[Path, Path] = {}
+    for video in sorted(videos, key=lambda path: VIDEO_EXTENSIONS.index(path.suffix.lower())):
+        chosen.setdefault(video.with_suffix(""), video)
+    return sorted(chosen.values())
 
 
 def read_sidecar(path: Path) -> dict:
@@ -93,7 +107,7 @@ def _match_by_name(stem: str, references: dict[str, Path]) -> Path | None:
 
 def pair_videos(generated_dir, reference_dir) -> tuple[list[VideoPair], list[Path], list[Path]]:
     """(pairs, generated videos with no reference, references with no generated video); rule in PAIRING_RULE."""
-    generated, references = _videos_in(Path(generated_dir)), _videos_in(Path(reference_dir))
+    generated, references = one_file_per_sample(_videos_in(Path(generated_dir))), _videos_in(Path(reference_dir))
     by_name = {ref.name: ref for ref in references}
     by_stem = {ref.stem: ref for ref in references}
     pairs, unmatched = [], []
@@ -118,15 +132,53 @@ def pair_videos(generated_dir, reference_dir) -> tuple[list[VideoPair], list[Pat
 # --- streaming frames -------------------------------------------------------------------------------
 
 
-def _frame_chunks(pair: VideoPair, *, size, max_frames: int | None, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Aligned uint8 `[n, H, W, 3]` chunks (generated, reference) of the pair's window, decoded sequentially.
+class FramesInStep:
+    """The uint8 frames `[H, W, 3]` of a pair's generated video and of its reference window, in step, at most
+    `limit` of each; once iterated, `count` is how many were read and `mismatch` says in words when the generated
+    video was shorter or longer than its reference window (None when they agreed)."""
+
+    def __init__(self, pair: VideoPair, limit: int | None):
+        self.pair, self.limit = pair, limit
+        self.count, self.mismatch = 0, None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        generated = iter_video_frames(self.pair.generated)
+        reference = iter_video_frames(self.pair.reference, start=self.pair.start_frame)
+        while self.limit is None or self.count < self.limit:
+            frame, truth = next(generated, None), next(reference, None)
+            if frame is None or truth is None:
+                self.mismatch = self._ended_early(frame is None, truth is None)
+                return
+            self.count += 1
+            yield frame, truth
+        if self.limit == self.pair.frames and next(generated, None) is not None:
+            self.mismatch = (
+                f"the generated video is longer than the window of {self.pair.frames} frames its sidecar records; "
+                f"compared on the first {self.count}"
+            )
+
+    def _ended_early(self, generated_ended: bool, reference_ended: bool) -> str | None:
+        window, count = self.pair.frames, self.count
+        if generated_ended and reference_ended and (window is None or count == window):
+            return None
+        reference = f"{self.pair.reference.name} from frame {self.pair.start_frame}"
+        if generated_ended and reference_ended:
+            problem = f"the generated video and {reference} both end after {count} frames, short of the window of {window}"
+        elif generated_ended:
+            longer = f"its sidecar records a window of {window}" if window else f"{reference} has more"
+            problem = f"the generated video has {count} frames but {longer}"
+        else:
+            problem = f"{reference} has only {count} frames, the generated video more"
+        return f"{problem}; compared on the first {count}"
+
+
+def _frame_chunks(frames: FramesInStep, scored: ScoredFrames, *, size, chunk: int):
+    """Aligned uint8 `[n, H, W, 3]` chunks (generated, reference) of the scored frames, decoded sequentially.
 
     Both are resized to `size` (H, W), or the generated frames to the reference's size when `size` is None.
     """
-    limits = [n for n in (pair.frames, max_frames) if n is not None]
-    frames = zip(iter_video_frames(pair.generated), iter_video_frames(pair.reference, start=pair.start_frame))
-    frames = islice(frames, min(limits)) if limits else frames
-    while block := list(islice(frames, chunk)):
+    pairs = islice(frames, scored.first, None)
+    while block := list(islice(pairs, chunk)):
         generated, reference = zip(*block)
         target = size or reference[0].shape[:2]
         yield (np.stack([resize_frame(f, target) for f in generated]), np.stack([resize_frame(f, target) for f in reference]))
@@ -261,13 +313,15 @@ def load_networks(metrics, args, *, required: bool, device) -> tuple[dict, dict,
 # --- output -----------------------------------------------------------------------------------------
 
 
-def _protocol(args, pairs: list[VideoPair], per_video: list[dict], computed, weights: dict, device) -> dict:
+def _protocol(args, scored: ScoredFrames, pairs: list[VideoPair], per_video: list[dict], computed, weights, device) -> dict:
     compared = [video["frames"] for video in per_video]
     protocol = {
         "generated": str(args.generated),
         "reference": str(args.reference),
         "pairing": PAIRING_RULE,
         "videos": len(pairs),
+        "length_mismatches": sum(video["length_mismatch"] is not None for video in per_video),
+        **scored.record(),
         "resolution": sorted({video["resolution"] for video in per_video if video["resolution"]}),
         "resizing": "all frames to --resolution" if args.resolution else "generated frames to their reference's resolution",
         "resize_filter": "PIL bilinear on uint8 RGB frames",
@@ -277,12 +331,12 @@ def _protocol(args, pairs: list[VideoPair], per_video: list[dict], computed, wei
         "5-pixel border excluded (skimage structural_similarity gaussian_weights=True, use_sample_covariance=False)",
         "psnr": "per frame over RGB, data range 1, MSE floored at 1e-10 (100 dB)",
         "lpips": "v0.1 AlexNet with linear heads, frames mapped [0, 1] -> [-1, 1], at the evaluation resolution",
-        "fid": "pytorch-fid InceptionV3 2048-d pool features, frames bilinearly resized to 299x299; every compared "
-        "generated frame against every compared reference frame",
+        "fid": "pytorch-fid InceptionV3 2048-d pool features, frames bilinearly resized to 299x299; every scored "
+        "generated frame against every scored reference frame",
         "fvd": f"I3D features of {FVD_CLIP_FRAMES}-frame clips: non-overlapping consecutive windows from the first "
-        f"compared frame of each pair (trailing frames short of a clip unused); detector called on uint8 "
+        f"scored frame of each pair (trailing frames short of a clip unused); detector called on uint8 "
         f"[B, 3, T, H, W] with {I3D_CALL} (StyleGAN-V)",
-        "aggregation": "per-frame metrics: mean and std over all compared frames",
+        "aggregation": "per-frame metrics: mean and std over all scored frames",
         "weights": weights,
         "device": str(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
@@ -304,13 +358,22 @@ def to_markdown(results: dict) -> str:
     metrics, protocol = results["metrics"], results["protocol"]
     header = ["videos", "frames", "SSIM ↑", "PSNR (dB) ↑", "LPIPS ↓", "FID ↓", "FVD ↓"]
     row = [str(protocol["videos"]), str(protocol["frames_total"]), *(_cell(m, metrics) for m in ALL_METRICS)]
+    mismatched = [video for video in results["videos"] if video["length_mismatch"]]
     lines = [
         f"# Evaluation: `{protocol['generated']}` against `{protocol['reference']}`", "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(row) + " |", "",
-        "## Protocol", "",
+        f"Scored: {protocol['scored_frames']}.",
     ]  # fmt: skip
+    if mismatched:
+        lines.append(
+            f"{len(mismatched)} of {protocol['videos']} generated videos differ in length from their reference window "
+            "and were compared on the shorter length (see Length mismatches)."
+        )
+    lines += ["", "## Protocol", ""]
     for key, value in protocol.items():
         lines.append(f"- **{key}**: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    if mismatched:
+        lines += ["", "## Length mismatches", ""] + [f"- `{v['generated']}`: {v['length_mismatch']}" for v in mismatched]
     if results["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- **{name}**: {reason}" for name, reason in results["skipped"].items()]
     for key in ("unmatched_generated", "unmatched_reference"):
@@ -362,7 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "error); default: all, skipping those without weights")  # fmt: skip
     parser.add_argument("--resolution", type=_resolution, default=None,
                         help="HxW to compare at; default: each reference's own (640x512 for UBC Fashion)")  # fmt: skip
-    parser.add_argument("--frames", type=_positive, default=None, help="compare at most this many frames per video")
+    parser.add_argument("--frames", type=_positive, default=None,
+                        help="read at most this many frames of each video, frame 0 included (it is scored only with "
+                        "--include_input_frame)")  # fmt: skip
+    parser.add_argument("--include_input_frame", action="store_true",
+                        help="also score frame 0, the conditioning image (left out by default)")  # fmt: skip
     parser.add_argument("--device", default=None, help="torch device; default cuda when available, else cpu")
     parser.add_argument("--batch_size", type=_positive, default=16, help="frames decoded and scored per step")
     parser.add_argument("--weights_dir", type=Path, default=None,
@@ -387,21 +454,26 @@ def main(argv=None) -> dict:
         )
     networks, skipped, weights = load_networks(metrics, args, required=args.metrics is not None, device=device)
     scorer = Scorer([m for m in metrics if m not in skipped], networks, device=device)
+    scored = ScoredFrames(include_input=args.include_input_frame)
     per_video = []
     progress = tqdm(pairs, unit="video", desc="evaluating", file=sys.stderr)
     for pair in progress:
-        summary = scorer.score_pair(_frame_chunks(pair, size=args.resolution, max_frames=args.frames, chunk=args.batch_size))
+        limits = [n for n in (pair.frames, args.frames) if n is not None]
+        frames = FramesInStep(pair, min(limits, default=None))
+        summary = scorer.score_pair(_frame_chunks(frames, scored, size=args.resolution, chunk=args.batch_size))
         progress.set_postfix(frames=summary["frames"])
+        if frames.mismatch:
+            tqdm.write(f"{pair.generated.name}: {frames.mismatch}", file=sys.stderr)
         extra = {k: pair.sidecar[k] for k in ("sample_index", "seed") if pair.sidecar and k in pair.sidecar}
         per_video.append({
             "generated": str(pair.generated), "reference": str(pair.reference), "matched_by": pair.matched_by,
-            "start_frame": pair.start_frame, **extra, **summary,
+            "start_frame": pair.start_frame, **extra, **summary, "length_mismatch": frames.mismatch,
         })  # fmt: skip
     scores, not_computed = scorer.results()
     results = {
         "metrics": scores,
         "skipped": {**skipped, **not_computed},
-        "protocol": _protocol(args, pairs, per_video, scores, weights, device),
+        "protocol": _protocol(args, scored, pairs, per_video, scores, weights, device),
         "videos": per_video,
         "unmatched_generated": [str(p) for p in unmatched_generated],
         "unmatched_reference": [str(p) for p in unmatched_reference],

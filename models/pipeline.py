@@ -7,8 +7,9 @@ diffusers scheduler over the FashionFlow betas, frame 0 re-imposed after every s
 (VAE, a few frames at a time).
 
 Randomness is per video: each video has its own `torch.Generator` (on the CPU) that draws, in order,
-its VAE latent sample, its initial noise and any sampler noise, so a video depends on its seed only,
-not on the batch it was made in (EDM2's per-sample generators).
+its VAE latent sample(s) of the photo (two in 'legacy', see `image_latents`), its initial noise and any
+sampler noise, so a video depends on its seed only, not on the batch it was made in (EDM2's per-sample
+generators).
 """
 
 from __future__ import annotations
@@ -191,17 +192,29 @@ class FashionFlowPipeline:
                 "resize them first (video_io.load_image does)"
             )
 
+    def image_latents(self, image: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`image [1, 3, H, W]` -> (the adapter's VAE latent, the clean frame-0 latent), each [1, C, h, w].
+
+        'legacy' draws the posterior twice, in this order, as the original's inference did (SPEC, "Details found
+        by comparing"); 'standard' draws once, so the adapter sees the very latent that frame 0 is held to.
+        """
+        posterior = self.encoders.encode_posterior(image)
+        adapter_latent = self.encoders.sample_latents(posterior, generator)
+        if self.encoders.preprocessing == "standard":
+            return adapter_latent, adapter_latent
+        return adapter_latent, self.encoders.sample_latents(posterior, generator)
+
     @torch.inference_mode()
     def encode_image(self, images: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`images [B, 3, H, W]` -> (context [B, N, D], clean latent [B, C, h, w]); one VAE draw per image."""
+        """`images [B, 3, H, W]` -> (context [B, N, D], clean frame-0 latent [B, C, h, w])."""
         images = images.to(self.device)
         generators = _as_generators(generator, len(images))
-        with self.encoders_on_device() as encoders:
-            latents = torch.cat([encoders.encode_frames(image[None], generator=g) for image, g in zip(images, generators)])
-            clip_hidden = encoders.encode_clip(images)
-        latents, clip_hidden = latents.to(self.device), clip_hidden.to(self.device)
-        context = self.adapter(clip_hidden.to(self.dtype), latents.to(self.dtype))
-        return context, latents
+        with self.encoders_on_device():
+            drawn = [self.image_latents(image[None], g) for image, g in zip(images, generators)]
+            clip_hidden = self.encoders.encode_clip(images)
+        adapter_latents, first_frame = (torch.cat(latents).to(self.device) for latents in zip(*drawn))
+        context = self.adapter(clip_hidden.to(self.device, self.dtype), adapter_latents.to(self.dtype))
+        return context, first_frame
 
     def prepare_latents(self, batch: int, num_frames: int, *, generator=None, dtype=torch.float32) -> torch.Tensor:
         """Initial noise [B, C, F, h, w], drawn on the CPU per video so every device gives the same video."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import platform
 import shutil
 import sys
 import time
@@ -28,10 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .scoring import ScoredFrames, mean_psnr_ssim
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("trained", "untrained", "static")
 MOTION_RANGE = (0.25, 4.0)  # generated / ground-truth motion counted as plausible
 CLEAR_MARGIN_DB = 1.0  # how much higher the trained model's PSNR must be than the untrained one's
+SCORED = ScoredFrames()  # the evaluation protocol's default: frame 0, the input, is not scored
 
 
 @dataclass
@@ -264,28 +269,24 @@ def motion_magnitude(video: torch.Tensor) -> float:
 
 
 def garment_colour_error(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> float:
-    """Mean RGB distance (0-255) between the garment's mean colour in `video` and in `truth`, frames 1 on.
+    """Mean RGB distance (0-255) between the garment's mean colour in `video` and in `truth`, over their frames.
 
     Both means are taken over the ground truth's visible-garment pixels of each frame (`masks [F, H, W]`).
     """
     errors = []
-    for t in range(1, len(truth)):
+    for t in range(len(truth)):
         mask = torch.from_numpy(masks[t])
         if mask.any():
             errors.append(torch.linalg.vector_norm(video[t][:, mask].mean(1) - truth[t][:, mask].mean(1)) * 255)
     return float(torch.stack(errors).mean()) if errors else float("nan")
 
 
-def score_video(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> dict:
-    """Per-video scores of `video` against `truth` (`[F, 3, H, W]` in [0, 1]); frame 0, the input, left out."""
-    from .metrics import psnr, ssim
-
-    return {
-        "psnr": float(psnr(video[1:], truth[1:]).mean()),
-        "ssim": float(ssim(video[1:], truth[1:]).mean()),
-        "garment_colour_error": garment_colour_error(video, truth, masks),
-        "motion": motion_magnitude(video),
-    }
+def score_video(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray, scored: ScoredFrames) -> dict:
+    """Per-video scores of `video` against `truth` (`[F, 3, H, W]` in [0, 1]) on the scored frames; the motion
+    is the whole clip's, frame 0 included, since a jump away from the input is motion too."""
+    psnr, ssim = mean_psnr_ssim(video, truth, scored)
+    colour_error = garment_colour_error(scored.select(video), scored.select(truth), masks[scored.first :])
+    return {"psnr": psnr, "ssim": ssim, "garment_colour_error": colour_error, "motion": motion_magnitude(video)}
 
 
 def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict:
@@ -307,7 +308,7 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         candidates = {method: read_video_frames(paths[method], size=size) for method in ("trained", "untrained")}
         candidates["static"] = truth[:1].expand_as(truth)
         for method, video in candidates.items():
-            scores = score_video(video, truth, masks)
+            scores = score_video(video, truth, masks, SCORED)
             per_video[method].append({"video": str(paths[method]), **scores})
 
     gt_motion = float(np.mean(truth_motion))
@@ -325,7 +326,13 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         "trained_beats_static_psnr": trained["psnr"] > static["psnr"],
         "trained_beats_static_ssim": trained["ssim"] > static["ssim"],
     }
-    return {"ground_truth_motion": gt_motion, "methods": summary, "per_video": per_video, "verdicts": verdicts}
+    return {
+        "ground_truth_motion": gt_motion,
+        "methods": summary,
+        "per_video": per_video,
+        "verdicts": verdicts,
+        **SCORED.record(),
+    }
 
 
 def report_markdown(report: dict) -> str:
@@ -334,8 +341,10 @@ def report_markdown(report: dict) -> str:
         "# FashionFlow quickstart report",
         "",
         f"{report['test_clips']} held-out synthetic clips of {report['frames']} frames at {report['size'][0]}x"
-        f"{report['size'][1]}; frame 0 is the input and is left out. Trained: {report['train_steps']} steps of the "
+        f"{report['size'][1]}; scored: {report['scored_frames']}. Trained: {report['train_steps']} steps of the "
         "tiny preset; untrained: the same configuration freshly initialised; static: the input frame repeated.",
+        "",
+        f"Measured on {report['machine']}, seed {report['config']['seed']}: this run took {report['seconds']:.0f} s.",
         "",
         "| method | PSNR (dB) | SSIM | garment colour error | motion | motion / ground truth |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -363,6 +372,11 @@ def report_markdown(report: dict) -> str:
         "is not expected to beat it after a few minutes of CPU training.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    """The machine a report was measured on, named in its "Measured on" line."""
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def build_trained_model(cfg: QuickstartConfig) -> tuple[Path, dict, list[Path]]:
@@ -397,6 +411,7 @@ def run(cfg: QuickstartConfig) -> dict:
         trained_checkpoint=str(trained),
         encoders=encoder_info,
         config=asdict(cfg),
+        machine=machine(),
         seconds=time.perf_counter() - started,
     )
     result.mkdir(parents=True, exist_ok=True)
@@ -406,6 +421,8 @@ def run(cfg: QuickstartConfig) -> dict:
 
 
 def closing_message(cfg: QuickstartConfig, report: dict) -> str:
+    from .checkpoint import RELEASED_CHECKPOINT_URL
+
     result, work = Path(cfg.result_dir), cfg.work
     return f"""
 {report_markdown(report)}
@@ -415,10 +432,11 @@ Done in {report["seconds"]:.0f} s.
   TensorBoard:  tensorboard --logdir {work / "video_progress"}   (training samples also in {work / "training_sample"}/)
   checkpoints:  {work / "checkpoint"}/ (rerun with a larger --train_steps to continue training)
 
-The real model: download the released checkpoint (see RELEASED_CHECKPOINT_URL in inference.py) to
-checkpoint/FashionFlow_checkpoint.pth and run `python inference.py --image photo.jpg`. It loads the
-Stable Diffusion v1-4 VAE and openai/clip-vit-base-patch32 from the hub on first use; on an offline
-machine pass local copies with --vae DIR --clip DIR. A GPU makes it practical (70 frames at 640x512).
+The real model: download the released checkpoint,
+  curl -L -o checkpoint/FashionFlow_checkpoint.pth '{RELEASED_CHECKPOINT_URL}'
+then run `python inference.py --image photo.jpg`. It loads the Stable Diffusion v1-4 VAE and
+openai/clip-vit-base-patch32 from the hub on first use; on an offline machine pass local copies with
+--vae DIR --clip DIR. A GPU makes it practical (70 frames at 640x512).
 """
 
 

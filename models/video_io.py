@@ -74,7 +74,8 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def frames_to_uint8(frames) -> np.ndarray:
-    """float `[..., 3, H, W]` in [0, 1] (tensor or array) -> uint8 `[..., H, W, 3]`, rounded; uint8 input passes through."""
+    """float `[..., 3, H, W]` in [0, 1] (tensor or array) -> uint8 `[..., H, W, 3]`, rounded (the original's
+    `to_pil_image` truncated, half a level darker on average); uint8 input passes through."""
     if isinstance(frames, np.ndarray):
         if frames.dtype == np.uint8:
             return frames

@@ -1,10 +1,13 @@
 """Reading the released format strictly, our format and safetensors round trips, atomic writes."""
 
+import zipfile
+
 import pytest
 import torch
 
 from models import EmbeddingAdapter, SpaceTimeUnet, get_preset, load_checkpoint
 from models.checkpoint import (
+    RELEASED_CHECKPOINT_URL,
     CheckpointError,
     atomic_torch_save,
     export_safetensors,
@@ -95,6 +98,41 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(path)
+
+
+def _zip_of_a_photo(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("photo.jpg", b"\xff\xd8\xff\xe0 not really a photo")
+
+
+@pytest.mark.parametrize(
+    "write,what",
+    [
+        (lambda p: p.write_text("<!DOCTYPE html>\n<html lang='en'><head><title>Dropbox</title>"), "an HTML page"),
+        (lambda p: p.write_bytes(b""), "an empty file"),
+        (_zip_of_a_photo, "a zip archive of something else (photo.jpg)"),
+        (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\n"), "a text file starting 'version https"),
+    ],
+    ids=["html", "empty", "zip", "text"],
+)
+def test_a_file_that_is_no_checkpoint_is_named_with_the_direct_link(tmp_path, write, what):
+    path = tmp_path / "FashionFlow_checkpoint.pth"
+    write(path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert f"{path} is not a checkpoint but {what}" in message
+    assert RELEASED_CHECKPOINT_URL in message and RELEASED_CHECKPOINT_URL.endswith("dl=1")
+    assert "weights_only" not in message
+
+
+def test_both_torch_save_layouts_pass_the_not_a_checkpoint_check(tmp_path):
+    unet, adapter, _ = tiny_models()
+    state = {"net": unet.state_dict(), "adapter": adapter.state_dict()}
+    torch.save(state, tmp_path / "zip.pth")
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    for name in ("zip.pth", "legacy.pth"):
+        assert read_checkpoint(tmp_path / name)["format"] == "released"
 
 
 def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path):

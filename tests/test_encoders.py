@@ -222,6 +222,30 @@ def test_encode_frames_samples_the_posterior_in_chunks(encoders):
     assert (other_seed - whole).abs().max() > 1e-3
 
 
+def test_every_network_input_is_contiguous_whatever_the_caller_hands_over(encoders):
+    enc, seen = encoders["legacy"], []
+
+    def record(_module, args, kwargs):
+        seen.append(args[0] if args else kwargs["pixel_values"])
+
+    hooks = [
+        enc.vae.encoder.register_forward_pre_hook(record, with_kwargs=True),
+        enc.vae.decoder.register_forward_pre_hook(record, with_kwargs=True),
+        enc.clip.register_forward_pre_hook(record, with_kwargs=True),
+    ]
+    try:
+        images = frames(2).contiguous(memory_format=torch.channels_last)
+        enc.encode_frames(images)
+        enc.decode_latents(torch.randn(2, 16, 12, 4).permute(0, 3, 1, 2))  # a strided view [2, 4, 16, 12]
+        enc.encode_clip(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == 3
+    for tensor in seen:
+        assert tensor.is_contiguous(), tensor.stride()
+
+
 def test_legacy_and_standard_map_pixels_differently(encoders):
     legacy, standard, x = encoders["legacy"], encoders["standard"], frames(3)
 

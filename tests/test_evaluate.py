@@ -227,6 +227,15 @@ def test_pairing_by_sidecar_and_by_name_reports_unmatched(tmp_path):
     assert sorted(p.name for p in unmatched_ref) == ["a.mp4", "unused.mp4"]
 
 
+def test_an_mp4_and_a_gif_of_one_sample_pair_once_mp4_first(tmp_path):
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    _touch(ref, "blue01.mp4", "green03.mp4")
+    _touch(gen, "blue01_sample0.mp4", "blue01_sample0.gif", "blue01_sample1.gif", "green03_sample0.gif")
+    pairs, unmatched, _ = pair_videos(gen, ref)
+    assert [p.generated.name for p in pairs] == ["blue01_sample0.mp4", "blue01_sample1.gif", "green03_sample0.gif"]
+    assert unmatched == []
+
+
 def test_bad_sidecar_and_missing_folder_are_reported(tmp_path):
     (tmp_path / "v.json").write_text(json.dumps({"source": "v.mp4", "start_frame": -1}))
     with pytest.raises(ValueError, match="v.json: need start_frame >= 0"):
@@ -244,7 +253,7 @@ def test_bad_sidecar_and_missing_folder_are_reported(tmp_path):
 @pytest.fixture(scope="module")
 def video_dirs(samples_dir, tmp_path_factory):
     """References: the two sample clips plus one nobody generated. Generated: a re-encoded, downscaled window
-    (frames 4..19 of blue01, with a sidecar), an exact copy of green03 (paired by name) and an orphan."""
+    (frames 4..20 of blue01, with a sidecar), an exact copy of green03 (paired by name) and an orphan."""
     root = tmp_path_factory.mktemp("videos")
     ref, gen = root / "test", root / "result"
     ref.mkdir()
@@ -252,9 +261,9 @@ def video_dirs(samples_dir, tmp_path_factory):
     for name in ("blue01.mp4", "green03.mp4"):
         shutil.copy(samples_dir / "videos" / name, ref / name)
     shutil.copy(samples_dir / "videos" / "blue01.mp4", ref / "white05.mp4")
-    window = read_video_frames(ref / "blue01.mp4", start=4, count=16, size=(320, 256))
+    window = read_video_frames(ref / "blue01.mp4", start=4, count=17, size=(320, 256))
     write_mp4(window, gen / "0000_blue01.mp4")
-    sidecar = {"source": "fashion_dataset/test/blue01.mp4", "start_frame": 4, "frames": 16, "fps": 25, "sample_index": 0}
+    sidecar = {"source": "fashion_dataset/test/blue01.mp4", "start_frame": 4, "frames": 17, "fps": 25, "sample_index": 0}
     (gen / "0000_blue01.json").write_text(json.dumps({**sidecar, "seed": 3}))
     shutil.copy(ref / "green03.mp4", gen / "green03.mp4")
     shutil.copy(ref / "green03.mp4", gen / "orphan.mp4")
@@ -276,7 +285,7 @@ def weights_dir(tmp_path_factory):
 def _run(video_dirs, tmp_path, *extra):
     ref, gen = video_dirs
     argv = ["--generated", str(gen), "--reference", str(ref), "--output", str(tmp_path / "metrics"), "--device", "cpu"]
-    return main([*argv, "--resolution", f"{SIZE[0]}x{SIZE[1]}", "--frames", "16", *extra])
+    return main([*argv, "--resolution", f"{SIZE[0]}x{SIZE[1]}", "--frames", "17", *extra])
 
 
 def test_evaluate_end_to_end_with_all_metrics(video_dirs, weights_dir, tmp_path):
@@ -288,11 +297,13 @@ def test_evaluate_end_to_end_with_all_metrics(video_dirs, weights_dir, tmp_path)
     assert results["unmatched_generated"] == [str(gen / "orphan.mp4")]
     assert results["unmatched_reference"] == [str(ref / "white05.mp4")]
 
-    # the sidecar's window is the one compared: frames 4..19 of the reference
+    # the sidecar's window is the one compared, less its frame 0 (the conditioning image): frames 5..20 of the reference
     blue = videos["0000_blue01.mp4"]
     assert (blue["matched_by"], blue["start_frame"], blue["frames"], blue["seed"], blue["fvd_clips"]) == ("sidecar", 4, 16, 3, 1)
+    assert blue["length_mismatch"] is None
     expected = ssim(
-        read_video_frames(gen / "0000_blue01.mp4", size=SIZE), read_video_frames(ref / "blue01.mp4", start=4, count=16, size=SIZE)
+        read_video_frames(gen / "0000_blue01.mp4", size=SIZE)[1:],
+        read_video_frames(ref / "blue01.mp4", start=5, count=16, size=SIZE),
     )
     assert blue["ssim"] == pytest.approx(expected.mean().item(), abs=1e-6)
     assert 0.8 < blue["ssim"] < 1
@@ -307,11 +318,56 @@ def test_evaluate_end_to_end_with_all_metrics(video_dirs, weights_dir, tmp_path)
 
     protocol = results["protocol"]
     assert protocol["resolution"] == ["128x96"] and protocol["frames_total"] == 32
+    assert protocol["input_frame_scored"] is False and protocol["length_mismatches"] == 0
     assert "16-frame clips" in protocol["fvd"] and set(protocol["weights"]) == {"inception", "i3d", "lpips_alex", "lpips_lin"}
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == metrics
     table = (tmp_path / "metrics.md").read_text()
     assert "| SSIM ↑ | PSNR (dB) ↑ | LPIPS ↓ | FID ↓ | FVD ↓ |" in table
     assert f"{metrics['fid']['value']:.2f}" in table and "orphan.mp4" in table
+
+
+def test_the_input_frame_is_scored_only_when_asked(video_dirs, tmp_path):
+    ref, gen = video_dirs
+    results = _run(video_dirs, tmp_path, "--metrics", "ssim,psnr", "--include_input_frame")
+    blue = next(v for v in results["videos"] if v["generated"].endswith("0000_blue01.mp4"))
+    expected = ssim(
+        read_video_frames(gen / "0000_blue01.mp4", size=SIZE), read_video_frames(ref / "blue01.mp4", start=4, count=17, size=SIZE)
+    )
+    assert blue["frames"] == 17 and blue["ssim"] == pytest.approx(expected.mean().item(), abs=1e-6)
+    assert results["protocol"]["input_frame_scored"] is True
+    assert "frame 0, the conditioning image itself, included" in (tmp_path / "metrics.md").read_text()
+
+
+def test_length_mismatches_are_named_per_video_and_in_the_summary(samples_dir, tmp_path, capsys):
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    shutil.copy(samples_dir / "videos" / "blue01.mp4", ref / "blue01.mp4")  # 70 frames
+    clip = read_video_frames(ref / "blue01.mp4", start=60, count=10, size=(64, 48))
+    cases = {  # name: (frames written, sidecar start_frame, sidecar frames)
+        "short": (6, 60, 8),
+        "long": (10, 60, 8),
+        "past_the_end": (8, 66, 8),
+        "exact": (8, 60, 8),
+    }
+    for name, (count, start, frames) in cases.items():
+        write_mp4(clip[:count], gen / f"{name}.mp4")
+        (gen / f"{name}.json").write_text(json.dumps({"source": "blue01.mp4", "start_frame": start, "frames": frames}))
+    argv = ["--generated", str(gen), "--reference", str(ref), "--output", str(tmp_path / "m"), "--metrics", "ssim,psnr"]
+    results = main([*argv, "--device", "cpu", "--resolution", "64x48"])
+    videos = {Path(v["generated"]).stem: v for v in results["videos"]}
+    assert videos["short"]["length_mismatch"] == (
+        "the generated video has 6 frames but its sidecar records a window of 8; compared on the first 6"
+    )
+    assert "longer than the window of 8 frames its sidecar records" in videos["long"]["length_mismatch"]
+    assert videos["past_the_end"]["length_mismatch"] == (
+        "blue01.mp4 from frame 66 has only 4 frames, the generated video more; compared on the first 4"
+    )
+    assert videos["exact"]["length_mismatch"] is None
+    assert [videos[name]["frames"] for name in ("short", "long", "past_the_end", "exact")] == [5, 7, 3, 7]
+    assert results["protocol"]["length_mismatches"] == 3
+    summary = capsys.readouterr().out
+    assert "3 of 4 generated videos differ in length from their reference window" in summary
+    assert "## Length mismatches" in (tmp_path / "m.md").read_text()
 
 
 def test_distribution_metrics_vanish_for_identical_sets(video_dirs, weights_dir, tmp_path):
@@ -322,7 +378,7 @@ def test_distribution_metrics_vanish_for_identical_sets(video_dirs, weights_dir,
         shutil.copy(ref / name, same / f"{name[:-4]}_sample0.mp4")
     results = main([
         "--generated", str(same), "--reference", str(ref), "--output", str(tmp_path / "m"), "--device", "cpu",
-        "--resolution", "64x48", "--frames", "16", "--metrics", "fid,fvd", "--weights_dir", str(weights_dir),
+        "--resolution", "64x48", "--frames", "17", "--metrics", "fid,fvd", "--weights_dir", str(weights_dir),
     ])  # fmt: skip
     assert results["metrics"]["fid"]["value"] == pytest.approx(0, abs=1e-6)
     assert results["metrics"]["fvd"]["value"] == pytest.approx(0, abs=1e-6)

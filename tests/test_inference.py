@@ -213,6 +213,11 @@ def test_start_frame_past_the_end_fails_that_video(parts, tmp_path, capsys):
 def test_setup_errors_exit_2_with_a_clear_message(parts, tmp_path, capsys):
     assert inference.main(["--pretrained_model", str(tmp_path / "missing.pth"), "--image", "x.jpg"]) == 2
     assert "dropbox.com" in capsys.readouterr().err
+    page = tmp_path / "FashionFlow_checkpoint.pth"  # what a dl=0 link downloads
+    page.write_text("<!DOCTYPE html>\n<html><head><title>Dropbox</title></head></html>\n")
+    assert inference.main(["--pretrained_model", str(page), "--image", "x.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a checkpoint but an HTML page" in err and "dl=1" in err and "weights_only" not in err
     assert inference.main(args_for(parts, tmp_path / "o", "--image", "x.jpg", "--frames", "5")) == 2
     assert "multiple of 2" in capsys.readouterr().err
     assert inference.main(args_for(parts, tmp_path / "o", "--dataset", str(tmp_path / "nowhere"))) == 2

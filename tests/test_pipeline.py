@@ -104,6 +104,20 @@ def test_preprocessing_override(parts):
     assert pipe.encoders.preprocessing == "legacy" and pipe.config.preprocessing == "legacy"
 
 
+@pytest.mark.parametrize("mode,draws", [("legacy", 2), ("standard", 1)])
+def test_photo_posterior_draws_follow_the_mode(parts, mode, draws):
+    """legacy: the adapter's latent, then frame 0's, two draws as the original's inference; standard: one for both."""
+    pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], preprocessing=mode, device="cpu")
+    images = photos(pipe, 1)
+    context, first_frame = pipe.encode_image(images, generator=gens(4, 1))
+    posterior, generator = pipe.encoders.encode_posterior(images), gens(4, 1)[0]
+    drawn = [pipe.encoders.sample_latents(posterior, generator) for _ in range(draws)]
+    torch.testing.assert_close(first_frame, drawn[-1])
+    torch.testing.assert_close(context, pipe.adapter(pipe.encoders.encode_clip(images), drawn[0]))
+    if draws == 2:  # two samples of one posterior: apart by its noise
+        assert (drawn[0] - drawn[1]).abs().max() > 1e-3
+
+
 def test_decode_chunk_size_does_not_change_frames(pipe):
     latents = torch.randn(1, 4, 5, 16, 12, generator=torch.Generator().manual_seed(0))
     one = pipe.decode_latents(latents, chunk_size=1)

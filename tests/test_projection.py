@@ -4,13 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.data import LatentVideoDataset, merge_manifests, read_manifest
 from models.projection import choose_starts, load_vae_encoders, project_dataset
-from models.tiny_components import save_tiny_encoders
+from models.tiny_components import build_tiny_vae, save_tiny_encoders
 from models.video_io import read_video_frames, write_mp4
 from project_latent_space import main
 
@@ -99,6 +101,55 @@ def test_outputs_match_the_source_frames_and_the_manifest(mixed_run, mixed_video
     assert manifest["blue01"]["start_frame"] != manifest["green03"]["start_frame"]
     dataset = LatentVideoDataset(output, frames=8, preprocessing="standard")
     assert [dataset[i]["latents"].shape for i in range(len(dataset))] == [(8, 4, 16, 12)] * 2
+
+
+def point_posterior_vae(directory: Path) -> Path:
+    """A tiny VAE whose log-variance is -30 everywhere, so any posterior sample is its mean (to 3e-7 of a unit)."""
+    vae = build_tiny_vae(0)
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:] = 0
+        vae.quant_conv.bias[channels:] = -30
+    vae.save_pretrained(directory)
+    return directory
+
+
+def frames_read_the_originals_way(video: Path, start: int, count: int) -> torch.Tensor:
+    """[count, 3, 640, 512] as the original's projection built them: seek each frame, RGB, torchvision's bilinear
+    Resize of a PIL image, ToTensor (a contiguous copy), stacked."""
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    for index in range(start, start + count):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = cap.read()
+        assert ok, (video, index)
+        image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).resize((512, 640), Image.BILINEAR)
+        frames.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().float().div(255))
+    cap.release()
+    return torch.stack(frames)
+
+
+def test_projected_latents_equal_the_originals_projection_of_a_real_clip(good_videos, tmp_path):
+    # channels-last frames made the CPU GroupNorm cancel digits: these latents were 4% of their scale off (issue 12)
+    vae_dir = point_posterior_vae(tmp_path / "vae")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(good_videos / "blue01.mp4", folder / "blue01.mp4")
+    encoders = load_vae_encoders(vae_dir, preprocessing="legacy")
+    # batch_size 1 encodes frame by frame as the original did; batching only reorders float32 sums (~5e-5 of the scale)
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=2, batch_size=1, size=(640, 512),
+                              preprocessing="legacy", vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["blue01"]
+    saved = torch.load(tmp_path / "out" / "blue01.pt", weights_only=True)
+    start = read_manifest(tmp_path / "out")["blue01"]["start_frame"]
+    with torch.no_grad():
+        direct = torch.cat([
+            encoders.vae.encode(frame[None]).latent_dist.sample() * encoders.vae.config.scaling_factor
+            for frame in frames_read_the_originals_way(folder / "blue01.mp4", start, 2)
+        ])  # fmt: skip
+    assert saved.shape == direct.shape == (2, 4, 160, 128)
+    error = (saved - direct).abs().max() / direct.abs().max()
+    assert error <= 1e-5, f"projected latents differ from the original's by {error:.2e} of their scale"
 
 
 def test_rerun_resumes_and_is_deterministic(good_videos, vae_dir, tmp_path, capsys):
