@@ -14,6 +14,7 @@ target, so a crash mid-write leaves the previous file intact.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -25,6 +26,7 @@ from torch import nn
 
 from .adapter import EmbeddingAdapter
 from .config import ModelConfig
+from .outputs import fit_name, name_max
 from .unet import SpaceTimeUnet
 
 FORMAT = "fashionflow"
@@ -41,11 +43,28 @@ def _umask() -> int:
     return mask
 
 
+TEMP_SUFFIX = ".tmp"
+TEMP_RANDOM_CHARS = 8  # what mkstemp puts between prefix and suffix
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.`, with `<name>` shortened so that the whole temporary name fits wherever `path`'s name does."""
+    room = name_max(path.parent) - len(".." + TEMP_SUFFIX) - TEMP_RANDOM_CHARS
+    return f".{fit_name(path.name, room)}."
+
+
+def leftover_temp_files(path) -> list[Path]:
+    """Temporary files of `atomic_write(path, ...)` calls that a killed process left behind."""
+    path = Path(path)
+    pattern = glob.escape(_temp_prefix(path)) + "*" + TEMP_SUFFIX
+    return sorted(path.parent.glob(pattern))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -1,5 +1,11 @@
 """Reading the released format strictly, our format and safetensors round trips, atomic writes."""
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,10 +15,14 @@ from models.checkpoint import (
     atomic_torch_save,
     export_safetensors,
     latest_checkpoint,
+    leftover_temp_files,
     read_checkpoint,
     save_checkpoint,
     save_released_format,
 )
+from models.outputs import name_max
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_models(seed=0):
@@ -116,3 +126,38 @@ def test_latest_checkpoint_by_step(tmp_path):
     for step in (5, 40, 300):
         atomic_torch_save({}, tmp_path / f"step_{step:07d}.pth")
     assert latest_checkpoint(tmp_path).name == "step_0000300.pth"
+
+
+@pytest.mark.parametrize("stem", ["a" * 251, "é" * 125], ids=["ascii", "two-byte characters"])
+def test_temporary_files_fit_beside_the_longest_legal_name(tmp_path, stem):
+    path = tmp_path / f"{stem}.pth"
+    assert len(os.fsencode(path.name)) <= name_max(tmp_path) == 255
+    atomic_torch_save({"step": 1}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == [path.name]
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from models.checkpoint import atomic_write
+
+def write_half_then_die(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomic_write(sys.argv[1], write_half_then_die)
+"""
+
+
+def test_kill_9_mid_write_keeps_the_previous_file_and_its_leftover_is_found(tmp_path):
+    path = tmp_path / f"{'x' * 245}.pth"
+    atomic_torch_save({"step": 1}, path)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    (leftover,) = leftover_temp_files(path)
+    assert leftover.read_bytes() == b"half a checkpoint"
+    assert leftover_temp_files(tmp_path / "other.pth") == []
