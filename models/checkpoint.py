@@ -10,6 +10,9 @@ load through the same `load_checkpoint`.
 
 Writes are atomic: a temporary file in the same directory is flushed to disk and renamed over the
 target, so a crash mid-write leaves the previous file intact.
+
+Reads never run code from a file: `torch.load(weights_only=True)` refuses pickled Python objects, and we
+say why rather than pass on torch's advice to switch that protection off.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +40,10 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     pass
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file holds pickled Python objects, whose loading could run any code: refused."""
 
 
 def _umask() -> int:
@@ -96,6 +105,35 @@ def _strip_module_prefix(state: dict) -> dict:
     return state
 
 
+def _unreadable_reason(error: Exception) -> str:
+    if isinstance(error, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(error, pickle.UnpicklingError | KeyError):
+        return "not a PyTorch file, or a corrupt one"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def load_weights_only(path, map_location="cpu", *, what: str, fix: str):
+    """`torch.load(path, weights_only=True)`; a failure raises CheckpointError naming `what`, `path`, why, and `fix`.
+
+    A file holding pickled objects raises UnsafeCheckpointError: loading them would run code the file chooses.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        # torch names the refused object "GLOBAL module.name" and suggests weights_only=False, which we never pass on
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
+        if refused:
+            raise UnsafeCheckpointError(
+                f"refusing to load {what} {path}: it holds pickled Python objects ({refused[1]}), not just tensors, and "
+                "unpickling them would run whatever code the file names (arbitrary code execution). If you trust "
+                "its source, load it there and save only the tensors (`torch.save(model.state_dict(), PATH)` or a "
+                ".safetensors export), then pass that file"
+            ) from None
+        raise CheckpointError(f"cannot read {what} {path}: {_unreadable_reason(error)}; {fix}") from error
+
+
 def read_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint file of either format into a dict with `net`, `adapter`, `config` (ModelConfig) and `format`."""
     path = Path(path)
@@ -106,10 +144,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path, map_location)
-    try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holds pickled objects we refuse to run
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}. Is it a complete FashionFlow checkpoint?") from err
+    raw = load_weights_only(
+        path, map_location, what="checkpoint", fix="is it a complete FashionFlow checkpoint? Copy or download it again"
+    )
     if not isinstance(raw, dict) or "net" not in raw or "adapter" not in raw:
         keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path} is not a FashionFlow checkpoint: expected keys 'net' and 'adapter', found {keys}")
@@ -128,10 +165,17 @@ def _read_safetensors(path: Path, map_location) -> dict:
     from safetensors import safe_open
 
     device = str(map_location) if map_location is not None else "cpu"
-    with safe_open(str(path), framework="pt", device=device) as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != FORMAT or "config" not in meta:
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(meta["config"]) if meta.get("format") == FORMAT and "config" in meta else None
+    except Exception as error:  # safetensors' own error type, or a config that is not JSON
+        raise CheckpointError(
+            f"cannot read {path}: not a complete .safetensors file ({_unreadable_reason(error)}); export it again "
+            "(train.py --export_safetensors) or copy it again"
+        ) from error
+    if config is None:
         raise CheckpointError(f"{path} is not a FashionFlow safetensors export (no '{FORMAT}' config in its metadata)")
     split = {"net": {}, "adapter": {}}
     for key, value in tensors.items():
@@ -139,7 +183,7 @@ def _read_safetensors(path: Path, map_location) -> dict:
         if part not in split:
             raise CheckpointError(f"{path}: unexpected tensor {key!r}; expected names under 'net.' or 'adapter.'")
         split[part][name] = value
-    return {**split, "format": FORMAT, "config": ModelConfig.from_dict(json.loads(meta["config"]))}
+    return {**split, "format": FORMAT, "config": ModelConfig.from_dict(config)}
 
 
 def load_state_strict(module: nn.Module, state: dict, *, what: str, path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, load_weights_only
 
 MANIFEST_NAME = "manifest.jsonl"
 RANK_MANIFEST_GLOB = "manifest.rank*.jsonl"
@@ -102,13 +102,9 @@ def _pair_original_layout(root: Path) -> list[str]:
 
 
 def load_tensor(path: Path) -> torch.Tensor:
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # torch's messages run on for lines
-        raise ValueError(
-            f"cannot load {path}: {reason}; delete it and run project_latent_space.py again to re-project it"
-        ) from error
+    value = load_weights_only(
+        path, what="projected tensor", fix="delete it and run project_latent_space.py again to re-project it"
+    )
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{path} holds a {type(value).__name__}, not a tensor; re-project this video")
     return value.float()

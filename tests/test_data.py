@@ -64,7 +64,7 @@ def test_too_few_frames_is_refused_with_the_fix(tmp_path):
 def test_unloadable_and_missing_files_are_named(tmp_path):
     write_clip(tmp_path, "a")
     (tmp_path / "a.pt").write_bytes(b"not a tensor")
-    with pytest.raises(ValueError, match=r"cannot load .*a\.pt.*re-project"):
+    with pytest.raises(ValueError, match=r"cannot read .*a\.pt.*re-project"):
         LatentVideoDataset(tmp_path)[0]
     (tmp_path / "a_image.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"a_image\.pt"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from traps import assert_refused_and_explained
 
 import inference
 from models.checkpoint import build_models, save_checkpoint, save_released_format
@@ -231,3 +232,13 @@ def test_missing_photo_and_empty_glob_are_reported(parts, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "gone.jpg" in out and "no such file" in out and "no file matches" in out
     assert (tmp_path / "o" / "ok_sample0.mp4").is_file()
+
+
+def test_pickled_code_in_the_checkpoint_never_runs(parts, tmp_path, pickle_trap):
+    trap = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}}, trap)
+    argv = [*args_for(parts, tmp_path / "out", "--image", "x.jpg"), "--pretrained_model", str(trap)]
+    run = subprocess.run([sys.executable, "inference.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert_refused_and_explained(run.stderr, trap)
+    assert not pickle_trap.sprung
