@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.cli import USER_ERRORS, non_negative_int, positive_int, print_user_error, run_command
 from models.config import PREPROCESSING_MODES, PRESETS
 from models.diffusion import SAMPLERS
 
@@ -44,13 +45,6 @@ def start_frame_arg(text: str):
     if text.isdigit():
         return int(text)
     raise argparse.ArgumentTypeError(f"expected a frame index >= 0 or 'random', got {text!r}")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"denoising steps (default: {DEFAULT_STEPS}; --sampler ddpm --steps {ORIGINAL_STEPS} is the original's procedure)",
     )
-    p.add_argument("--seed", type=int, default=0, help="base seed; video k of input i uses (seed, i, k)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed (>= 0); video k of input i uses (seed, i, k)")
     p.add_argument(
         "--frames",
         type=positive_int,
@@ -227,8 +221,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         pipeline, inputs, frames, steps, precision = setup(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"inference.py: error: {err}", file=sys.stderr)
+    except USER_ERRORS as error:
+        print_user_error("inference.py", error)
         return 2
     return generate(pipeline, inputs, args, frames=frames, steps=steps, precision=precision)
 
@@ -302,4 +296,4 @@ def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("inference.py", main))

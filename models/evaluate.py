@@ -35,6 +35,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from .checkpoint import atomic_write
+from .cli import run_command
 from .feature_nets import MissingWeightsError, download_weights, load_i3d, load_inception, load_lpips, resolve_weights
 from .metrics import FeatureStats, frechet_distance_from_stats, psnr, ssim
 from .video_io import iter_video_frames, resize_frame
@@ -413,7 +414,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+    sys.exit(run_command("python -m models.evaluate", main))

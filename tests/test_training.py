@@ -272,3 +272,20 @@ def test_every_config_field_is_a_documented_flag():
     for field in dataclasses.fields(TrainConfig):
         assert field.name in flags and flags[field.name].help, field.name
     assert parser.parse_args([]).lr == 1e-4 and parser.parse_args([]).weight_decay == 0.01
+
+
+def test_user_errors_print_one_message_without_a_traceback(tmp_path, encoder_dirs, pickle_trap):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    trap = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}}, trap)
+    for cfg, expected in [
+        (tiny_config(tmp_path, data, encoder_dirs, resume=str(trap)), "refusing to load checkpoint"),
+        (tiny_config(tmp_path, tmp_path / "nowhere", encoder_dirs), "no projected dataset at"),
+        (tiny_config(tmp_path, data, encoder_dirs, precision="fp16"), "--precision fp16 needs a GPU"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "train.py", *to_argv(cfg)], cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-4000:]
+        assert run.stderr.strip().splitlines()[-1].startswith(f"train.py: error: {expected}"), run.stderr[-4000:]
+    assert not pickle_trap.sprung
