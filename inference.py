@@ -229,10 +229,12 @@ def main(argv=None) -> int:
 
 def setup(args):
     from models.inference_io import image_inputs, video_inputs
+    from models.outputs import ensure_writable_dir
     from models.pipeline import DEFAULT_STEPS, FashionFlowPipeline
 
     checkpoint = Path(args.pretrained_model)
     check_checkpoint(checkpoint)
+    ensure_writable_dir(args.output_dir, "--output_dir")
     inputs = image_inputs(args.image) if args.image else video_inputs(args.dataset)
     pipeline = FashionFlowPipeline.from_checkpoint(
         checkpoint,
@@ -256,7 +258,6 @@ def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str)
     from models.pipeline import resolve_precision, sample_generator
 
     precision = resolve_precision(precision, pipeline.device)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     record = dict(
         frames=frames,
         fps=args.fps,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_torch_save
 from .data import append_manifest_entry, clip_files, manifest_path, read_manifest
+from .outputs import ensure_writable_dir
 from .video_io import VideoReadError, count_frames, frames_to_tensor, iter_video_frames, probe_video, resize_frame
 
 MATCHING_KEYS = ("frames", "size", "preprocessing", "vae")  # what must agree for a folder to be one dataset
@@ -290,8 +291,7 @@ def project_dataset(
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be (H, W) in pixels, got {size}")
     encoders.latent_size(*size)  # raises, naming the fix, when the VAE cannot encode frames of this size
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = ensure_writable_dir(output_dir, "--output_dir")
     summary = ProjectionSummary()
     videos = list_videos(dataset_dir)
     clashes = _name_collisions(videos, clips_per_video)

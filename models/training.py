@@ -35,6 +35,7 @@ from .checkpoint import build_models, latest_checkpoint, load_state_strict, read
 from .config import ModelConfig, get_preset
 from .diffusion import NoiseSchedule, frame_conditioned_loss
 from .distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
+from .outputs import ensure_writable_dir
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_PREFIX = "step_"
@@ -176,6 +177,17 @@ def resolve_resume(resume: str, output_dir) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint; use 'auto', 'none' or an existing .pth file")
     return path
+
+
+@contextlib.contextmanager
+def claim_outputs(cfg: TrainConfig):
+    """Check every folder the run writes to (rank 0 writes them all) before any work, so that an unusable
+    folder cannot cost the steps trained before the first save."""
+    ensure_writable_dir(cfg.output_dir, "--output_dir")
+    ensure_writable_dir(cfg.log_dir, "--log_dir")
+    if cfg.sample_every:
+        ensure_writable_dir(cfg.sample_dir, "--sample_dir")
+    yield
 
 
 def check_config(cfg: TrainConfig, env: DistEnv) -> None:
@@ -334,7 +346,9 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> dict:
     """Train (or resume) as described by `cfg`; returns a summary (step, last loss, checkpoint, rank digests)."""
     env = setup_distributed(cfg.device, local_rank)
     try:
-        return _train(cfg, env)
+        check_config(cfg, env)
+        with claim_outputs(cfg) if env.is_main else contextlib.nullcontext():
+            return _train(cfg, env)
     finally:
         cleanup_distributed()
 
@@ -344,7 +358,6 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
 
     from .encoders import FrozenEncoders
 
-    check_config(cfg, env)
     dev, output_dir = env.device, Path(cfg.output_dir)
     say = tqdm.write if env.is_main else (lambda message: None)
 

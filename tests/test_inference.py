@@ -242,3 +242,21 @@ def test_pickled_code_in_the_checkpoint_never_runs(parts, tmp_path, pickle_trap)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert_refused_and_explained(run.stderr, trap)
     assert not pickle_trap.sprung
+
+
+def photo(path: Path, colour) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (48, 64), colour).save(path)
+    return path
+
+
+def test_unusable_output_dir_and_negative_seed_are_refused_before_any_work(parts, tmp_path, capsys):
+    photo_path = photo(tmp_path / "p.png", (0, 0, 0))
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("")
+    assert inference.main(args_for(parts, not_a_folder, "--image", str(photo_path))) == 2
+    assert f"--output_dir {not_a_folder} is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inference.main(args_for(parts, tmp_path / "out", "--image", str(photo_path), "--seed", "-5"))
+    assert "argument --seed: expected an integer >= 0, got -5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,10 @@
-"""File names that fit."""
+"""Output folders checked before any work, and file names that fit."""
 
 import os
 
-from models.outputs import fit_name
+import pytest
+
+from models.outputs import OutputLocationError, ensure_writable_dir, fit_name
 
 
 def test_long_names_shortened_to_fit_stay_distinct():
@@ -10,3 +12,12 @@ def test_long_names_shortened_to_fit_stay_distinct():
     assert fit_name("short", 20) == "short"
     assert fit_name(a, 100) != fit_name(b, 100)
     assert len(os.fsencode(fit_name(a, 100))) == 100 and len(os.fsencode(fit_name("é" * 80, 99))) <= 99
+
+
+def test_an_output_folder_is_created_or_refused_with_the_flag_and_path(tmp_path):
+    assert ensure_writable_dir(tmp_path / "new" / "deeper", "--log_dir").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputLocationError, match=rf"--log_dir {tmp_path / 'file'} is a file, not a folder"):
+        ensure_writable_dir(tmp_path / "file", "--log_dir")
+    with pytest.raises(OutputLocationError, match=rf"--log_dir {tmp_path / 'file' / 'sub'}: cannot write there"):
+        ensure_writable_dir(tmp_path / "file" / "sub", "--log_dir")

@@ -221,3 +221,18 @@ def test_choose_starts_when_clips_must_overlap():
     assert choose_starts(7, 8, 1, random.Random(0)) == []
     overlapping = choose_starts(20, 8, 3, random.Random(0))
     assert overlapping == [0, 6, 12] and np.all(np.diff(overlapping) > 0)
+
+
+def test_user_errors_print_one_message_without_a_traceback(good_videos, vae_dir, tmp_path):
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("")
+    base = [sys.executable, "project_latent_space.py", "--dataset", str(good_videos), "--preset", "tiny", "--vae", str(vae_dir)]
+    for extra, expected in [
+        (["--output_dir", str(not_a_folder)], f"project_latent_space.py: error: --output_dir {not_a_folder} is a file"),
+        (["--output_dir", str(tmp_path / "out"), "--preset", "huge"], "project_latent_space.py: error: unknown preset 'huge'"),
+        (["--output_dir", str(tmp_path / "out"), "--frames", "0"], "argument --frames: expected an integer >= 1, got 0"),
+    ]:
+        run = subprocess.run([*base, *extra, "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert expected in run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 import train as train_script  # noqa: E402
 from models.checkpoint import build_models, read_checkpoint  # noqa: E402
 from models.config import get_preset  # noqa: E402
+from models.outputs import OutputLocationError  # noqa: E402
 from models.training import TrainConfig, train, weights_digest  # noqa: E402
 
 FRAMES, CHANNELS, LATENT_HW, IMAGE_HW = 8, 4, (16, 12), (64, 48)
@@ -289,3 +290,24 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, encoder_dir
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-4000:]
         assert run.stderr.strip().splitlines()[-1].startswith(f"train.py: error: {expected}"), run.stderr[-4000:]
     assert not pickle_trap.sprung
+
+
+@pytest.mark.parametrize("flag", ["output_dir", "log_dir", "sample_dir"])
+@pytest.mark.parametrize("how", ["existing file", "read-only folder"])
+def test_unwritable_outputs_fail_before_the_first_step(tmp_path, encoder_dirs, monkeypatch, flag, how):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    target = tmp_path / "target"
+    if how == "existing file":
+        target.write_text("a file where a folder should be")
+    else:
+        target.mkdir(mode=0o555)
+        if os.access(target, os.W_OK):  # root writes through permissions
+            pytest.skip("this user can write into read-only folders")
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, sample_every=1, **{flag: str(target)})
+
+    def started(*args, **kwargs):
+        raise AssertionError("training started although an output folder is unusable")
+
+    monkeypatch.setattr("models.training.build_models", started)
+    with pytest.raises(OutputLocationError, match=rf"--{flag} {target}"):
+        train(cfg)
