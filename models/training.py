@@ -35,7 +35,7 @@ from .checkpoint import build_models, latest_checkpoint, load_state_strict, read
 from .config import ModelConfig, get_preset
 from .diffusion import NoiseSchedule, frame_conditioned_loss
 from .distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
-from .outputs import ensure_writable_dir
+from .outputs import RunLock, ensure_writable_dir
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_PREFIX = "step_"
@@ -181,13 +181,13 @@ def resolve_resume(resume: str, output_dir) -> Path | None:
 
 @contextlib.contextmanager
 def claim_outputs(cfg: TrainConfig):
-    """Check every folder the run writes to (rank 0 writes them all) before any work, so that an unusable
-    folder cannot cost the steps trained before the first save."""
-    ensure_writable_dir(cfg.output_dir, "--output_dir")
-    ensure_writable_dir(cfg.log_dir, "--log_dir")
-    if cfg.sample_every:
-        ensure_writable_dir(cfg.sample_dir, "--sample_dir")
-    yield
+    """Hold the lock on `output_dir` and check every other folder the run writes to (rank 0 writes them all),
+    before any work, so that an unusable folder cannot cost the steps trained before the first save."""
+    with RunLock(ensure_writable_dir(cfg.output_dir, "--output_dir")):
+        ensure_writable_dir(cfg.log_dir, "--log_dir")
+        if cfg.sample_every:
+            ensure_writable_dir(cfg.sample_dir, "--sample_dir")
+        yield
 
 
 def check_config(cfg: TrainConfig, env: DistEnv) -> None:

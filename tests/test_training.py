@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -311,3 +312,76 @@ def test_unwritable_outputs_fail_before_the_first_step(tmp_path, encoder_dirs, m
     monkeypatch.setattr("models.training.build_models", started)
     with pytest.raises(OutputLocationError, match=rf"--{flag} {target}"):
         train(cfg)
+
+
+def run_train_script(cfg: TrainConfig, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *to_argv(cfg)], cwd=ROOT, env=script_env(), **popen)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_the_first_one_goes_on(tmp_path, encoder_dirs):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1000, checkpoint_every=1)
+    first = run_train_script(cfg, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = Path(cfg.output_dir)
+
+    def newest_step() -> int:
+        return max(int(p.stem.removeprefix("step_")) for p in out.glob("step_*.pth"))
+
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("step_*.pth")):
+            assert first.poll() is None, first.stderr.read().decode()[-4000:]
+            assert time.monotonic() < deadline, "the first run wrote no checkpoint"
+            time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "train.py", *to_argv(dataclasses.replace(cfg, max_steps=2, log_dir=str(tmp_path / "log2")))],
+            cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+        assert f"host {socket.gethostname()}, pid {first.pid}" in second.stderr and "another --output_dir" in second.stderr
+        assert not (tmp_path / "log2").exists()
+        assert first.poll() is None, "the first run stopped"
+        step, deadline = newest_step(), time.monotonic() + 120
+        while newest_step() == step:
+            assert first.poll() is None and time.monotonic() < deadline, "the first run stopped training"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    assert all(read_checkpoint(p)["train_config"]["max_steps"] == 1000 for p in out.glob("step_*.pth"))
+
+
+KILL_AT_SECOND_CHECKPOINT = """
+import os, signal, sys, torch
+import train
+
+save = torch.save
+
+def save_half_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    if ".step_0000002.pth." in str(path):
+        os.truncate(path, os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save_half_then_die
+train.main(sys.argv[1:])
+"""
+
+
+def test_kill_9_mid_checkpoint_write_loses_nothing_and_the_stale_lock_is_taken_over(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, checkpoint_every=1)
+    killed = dataclasses.replace(base, output_dir=str(tmp_path / "killed"), max_steps=4)
+    run = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_CHECKPOINT, *to_argv(killed)], cwd=ROOT, env=script_env())
+    assert run.returncode == -signal.SIGKILL
+    out = Path(killed.output_dir)
+    assert len(list(out.glob(".step_0000002.pth.*.tmp"))) == 1, "not killed mid-write"
+    assert (out / "latest.pth").resolve().name == "step_0000001.pth" and read_checkpoint(out / "latest.pth")["step"] == 1
+    assert json.loads((out / "train.lock").read_text())["pid"] != os.getpid()  # left by the killed run
+
+    resumed = train(killed)
+    said = capsys.readouterr().out
+    assert "ended without releasing it; taking it over" in said and "resuming from" in said and "at step 1" in said
+    assert not list(out.glob(".*.tmp")) and (out / "train.lock").read_text() == ""  # released
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight"), max_steps=4))
+    assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
