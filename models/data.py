@@ -110,15 +110,30 @@ def load_tensor(path: Path) -> torch.Tensor:
     return value.float()
 
 
+def _dims(shape) -> str:
+    return ", ".join(map(str, shape))
+
+
 class LatentVideoDataset(Dataset):
     """Projected clips: `dataset[i]` is `{'image': [3, H, W] in [0, 1], 'latents': [F, C, h, w], 'name': str}`.
 
     frames: clip length to return (the first `frames` latents, so frame 0 stays the image's frame); every clip
         must hold at least that many. None returns all stored frames (which must then agree across clips).
     preprocessing: when given, the folder must have been projected with it ('legacy' for the original's layout).
+    latent_shape, image_size: when given, every clip's latents must be `[F, *latent_shape]` and its image
+        `[3, *image_size]` (what the model takes); checked as each clip is read, since a folder without a
+        manifest records no shapes.
     """
 
-    def __init__(self, root, *, frames: int | None = None, preprocessing: str | None = None):
+    def __init__(
+        self,
+        root,
+        *,
+        frames: int | None = None,
+        preprocessing: str | None = None,
+        latent_shape: tuple[int, int, int] | None = None,
+        image_size: tuple[int, int] | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -128,6 +143,7 @@ class LatentVideoDataset(Dataset):
         if frames is not None and frames < 1:
             raise ValueError(f"frames must be at least 1, got {frames}")
         self.frames = frames
+        self.latent_shape, self.image_size = latent_shape, image_size
         self.entries = read_manifest(self.root)
         self.names = sorted(self.entries) if self.entries else _pair_original_layout(self.root)
         if not self.names:
@@ -202,6 +218,20 @@ class LatentVideoDataset(Dataset):
             raise ValueError(
                 f"{latents_path} holds {len(latents)} frames, fewer than the {self.frames} asked for; "
                 f"re-project with --frames {self.frames} or ask for fewer frames"
+            )
+        self._check_model_fit(image_path, image, latents_path, latents)
+
+    def _check_model_fit(self, image_path: Path, image: torch.Tensor, latents_path: Path, latents: torch.Tensor):
+        """The shapes the model takes, when given (else a mismatch surfaces in the DataLoader, naming no file)."""
+        refit = "project the videos again at the model's resolution, or pick the --preset they were projected for"
+        if self.latent_shape is not None and tuple(latents.shape[1:]) != tuple(self.latent_shape):
+            raise ValueError(
+                f"{latents_path}: latents of shape {list(latents.shape)}, but the model takes [F, {_dims(self.latent_shape)}]; "
+                f"{refit}"
+            )
+        if self.image_size is not None and tuple(image.shape[1:]) != tuple(self.image_size):
+            raise ValueError(
+                f"{image_path}: an image of shape {list(image.shape)}, but the model takes [3, {_dims(self.image_size)}]; {refit}"
             )
 
     def __getitem__(self, index: int) -> dict:

@@ -218,13 +218,20 @@ def model_config_for(cfg: TrainConfig, ckpt: dict | None) -> ModelConfig:
     return config
 
 
-def open_dataset(cfg: TrainConfig, config: ModelConfig):
+def open_dataset(cfg: TrainConfig, config: ModelConfig, downscale: int):
+    """The projected clips, each checked against the model's latent shape and the images its VAE encodes."""
     from .data import LatentVideoDataset
 
     frames = cfg.frames or config.frames
     if frames % config.frame_multiple:
         raise ValueError(f"--frames {frames} must be divisible by {config.frame_multiple} for this model")
-    return LatentVideoDataset(cfg.dataset_vae, frames=frames, preprocessing=config.preprocessing)
+    return LatentVideoDataset(
+        cfg.dataset_vae,
+        frames=frames,
+        preprocessing=config.preprocessing,
+        latent_shape=(config.channels, *config.latent_size),
+        image_size=tuple(n * downscale for n in config.latent_size),
+    )
 
 
 def check_encoders(encoders, config: ModelConfig) -> None:
@@ -235,22 +242,6 @@ def check_encoders(encoders, config: ModelConfig) -> None:
             f"the encoders (--vae {config.vae} / --clip {config.clip}) give {found[0]} CLIP tokens of width {found[1]} "
             f"and {found[2]} latent channels, but the model expects {expected[0]}x{expected[1]} and {expected[2]}; "
             "pick the --preset that matches these encoders"
-        )
-
-
-def check_batch(latents: torch.Tensor, image_latent: torch.Tensor, config: ModelConfig, root) -> None:
-    """Fail on the first batch, with the fix, when the data does not fit the model."""
-    want = (config.channels, *config.latent_size)
-    found = (latents.shape[1], *latents.shape[3:])  # latents [b, c, f, h, w]
-    if found != want:
-        raise ValueError(
-            f"{root}: projected latents are [C, h, w] = {list(found)} but the model expects {list(want)}; "
-            "project the videos again at the model's resolution or pick the matching --preset"
-        )
-    if tuple(image_latent.shape[1:]) != want:
-        raise ValueError(
-            f"{root}: the conditioning images encode to latents {list(image_latent.shape[1:])} but the model expects "
-            f"{list(want)}; the images and the model resolution disagree"
         )
 
 
@@ -398,7 +389,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     check_encoders(encoders, config)
 
     # ---- data: one sampler code path, distributed or not
-    dataset = open_dataset(cfg, config)
+    dataset = open_dataset(cfg, config, encoders.downscale)
     sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed)
     loader = DataLoader(
         dataset,
@@ -449,7 +440,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     batches = epoch_batches(loader, sampler, epoch=epoch, start_batch=start_batch)
     bar = tqdm(total=total_steps, initial=step, disable=not (env.is_main and cfg.progress), desc="train")
     samples_per_step = cfg.batch_size * cfg.grad_accum * env.world_size
-    checked_batch, nonfinite_run, last_saved = False, 0, None
+    nonfinite_run, last_saved = 0, None
     log_losses, log_start, loss_value, grad_norm = [], time.perf_counter(), float("nan"), torch.tensor(0.0)
 
     # ---- the loop: one optimizer step per iteration, `grad_accum` batches each
@@ -464,9 +455,6 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
             with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
                 clip_hidden = encoders.encode_clip(image)
                 image_latent = encoders.encode_frames(image, generator=generator).to(dev)
-            if not checked_batch:
-                check_batch(latents, image_latent, config, cfg.dataset_vae)
-                checked_batch = True
             t = objective.schedule.sample_timesteps(latents.shape[0], generator=generator, device=dev)
             noise = torch.randn(latents.shape, generator=generator).to(dev)
             last_micro = micro == cfg.grad_accum - 1

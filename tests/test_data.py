@@ -78,6 +78,18 @@ def test_shapes_must_match_the_manifest(tmp_path):
         LatentVideoDataset(tmp_path)[0]
 
 
+def test_shapes_must_fit_the_model_without_a_manifest(tmp_path):
+    write_clip(tmp_path, "a", manifest=False)
+    write_clip(tmp_path, "b", manifest=False)
+    torch.save(torch.zeros(8, 4, 8, 8), tmp_path / "b.pt")
+    torch.save(torch.zeros(3, 32, 24), tmp_path / "a_image.pt")
+    dataset = LatentVideoDataset(tmp_path, latent_shape=(4, 16, 12), image_size=(64, 48))
+    with pytest.raises(ValueError, match=r"a_image\.pt: an image of shape \[3, 32, 24\], but the model takes \[3, 64, 48\]"):
+        dataset[0]
+    with pytest.raises(ValueError, match=r"b\.pt: latents of shape \[8, 4, 8, 8\], but the model takes \[F, 4, 16, 12\]"):
+        dataset[1]
+
+
 def test_empty_or_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="project_latent_space.py"):
         LatentVideoDataset(tmp_path / "nowhere")

@@ -385,3 +385,12 @@ def test_kill_9_mid_checkpoint_write_loses_nothing_and_the_stale_lock_is_taken_o
     assert not list(out.glob(".*.tmp")) and (out / "train.lock").read_text() == ""  # released
     straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight"), max_steps=4))
     assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
+
+
+def test_a_wrong_shape_in_a_dataset_without_manifest_names_the_file(tmp_path, encoder_dirs):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    (data / "manifest.jsonl").unlink()
+    torch.save(torch.randn(FRAMES, CHANNELS, 8, 8), data / "video01.pt")
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, preprocessing="legacy")  # what a folder without manifest means
+    with pytest.raises(ValueError, match=r"video01\.pt: latents of shape \[8, 4, 8, 8\], but the model takes \[F, 4, 16, 12\]"):
+        train(cfg)
