@@ -265,18 +265,23 @@ def export_safetensors(path, unet: nn.Module, adapter: nn.Module, config: ModelC
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def latest_checkpoint(directory) -> Path | None:
-    """Newest `*.pth` of ours in `directory` by training step (file name `step_<n>.pth`), else by mtime."""
+def checkpoint_candidates(directory) -> list[Path]:
+    """Our `*.pth` files in `directory`, newest first: by training step (file name `step_<n>.pth`), else by mtime.
+
+    A `latest.pth` link whose target is gone is left out.
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        return None
-    candidates = [p for p in directory.glob("*.pth") if not p.name.startswith(".")]
-    if not candidates:
-        return None
+        return []
+    candidates = [p for p in directory.glob("*.pth") if not p.name.startswith(".") and p.exists()]
 
     def step_of(p: Path):
-        stem = p.stem
-        digits = stem.rsplit("_", 1)[-1]
+        digits = p.stem.rsplit("_", 1)[-1]
         return (int(digits) if digits.isdigit() else -1, p.stat().st_mtime)
 
-    return max(candidates, key=step_of)
+    return sorted(candidates, key=step_of, reverse=True)
+
+
+def latest_checkpoint(directory) -> Path | None:
+    """The newest of `checkpoint_candidates(directory)`, or None."""
+    return next(iter(checkpoint_candidates(directory)), None)

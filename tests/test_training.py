@@ -5,6 +5,7 @@ Everything runs on CPU with the tiny preset, tiny real encoders and a synthetic 
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -16,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from traps import assert_refused_and_explained
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from models.checkpoint import build_models, read_checkpoint  # noqa: E402
+from models.checkpoint import CheckpointError, UnsafeCheckpointError, build_models, read_checkpoint  # noqa: E402
 from models.config import get_preset  # noqa: E402
 from models.outputs import OutputLocationError  # noqa: E402
 from models.training import TrainConfig, train, weights_digest  # noqa: E402
@@ -293,6 +295,9 @@ def test_user_errors_print_one_message_without_a_traceback(tmp_path, encoder_dir
     assert not pickle_trap.sprung
 
 
+# ---- nothing lost, nothing overwritten
+
+
 @pytest.mark.parametrize("flag", ["output_dir", "log_dir", "sample_dir"])
 @pytest.mark.parametrize("how", ["existing file", "read-only folder"])
 def test_unwritable_outputs_fail_before_the_first_step(tmp_path, encoder_dirs, monkeypatch, flag, how):
@@ -394,3 +399,57 @@ def test_a_wrong_shape_in_a_dataset_without_manifest_names_the_file(tmp_path, en
     cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, preprocessing="legacy")  # what a folder without manifest means
     with pytest.raises(ValueError, match=r"video01\.pt: latents of shape \[8, 4, 8, 8\], but the model takes \[F, 4, 16, 12\]"):
         train(cfg)
+
+
+def test_dangling_latest_and_unreadable_checkpoints_fall_back_to_the_newest_readable(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, checkpoint_every=1, keep_last=0)
+    cfg = dataclasses.replace(base, max_steps=3)
+    train(cfg)
+    out = Path(cfg.output_dir)
+    (out / "step_0000003.pth").unlink()  # latest.pth now points nowhere
+    (out / "step_0000002.pth").write_bytes(b"")  # and the step before is empty
+    capsys.readouterr()
+    resumed = train(dataclasses.replace(cfg, max_steps=4))
+    said = capsys.readouterr().out
+    assert "latest.pth points to step_0000003.pth, which no longer exists" in said
+    assert "step_0000002.pth: the file is empty" in said and "resuming from" in said and "at step 1" in said
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight"), max_steps=4))
+    assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
+    assert (out / "latest.pth").resolve().name == "step_0000004.pth"
+
+
+def test_rerunning_a_finished_run_keeps_an_honest_summary(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=2, ema_decay=0.0)
+    first = train(cfg)
+    again = train(cfg)
+    assert "nothing to train" in capsys.readouterr().out
+    summary = json.loads(
+        (Path(cfg.output_dir) / "train_summary.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON")
+    )
+    assert summary["checkpoint"] == first["checkpoint"] == again["checkpoint"]
+    assert summary["step"] == 2 and summary["loss"] == first["loss"] and math.isfinite(first["loss"])
+
+
+def test_pickled_code_in_a_checkpoint_or_the_dataset_never_runs(tmp_path, encoder_dirs, pickle_trap, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1)
+    trap = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}, "step": 1}, trap)
+    with pytest.raises(UnsafeCheckpointError) as caught:  # --resume PATH
+        train(dataclasses.replace(cfg, resume=str(trap)))
+    assert_refused_and_explained(str(caught.value), trap)
+
+    auto = Path(cfg.output_dir) / "step_0000005.pth"  # --resume auto finds it
+    auto.write_bytes(trap.read_bytes())
+    with pytest.raises(CheckpointError, match="none of the 1 checkpoints"):
+        train(cfg)
+    assert_refused_and_explained(capsys.readouterr().out, auto)
+    auto.unlink()
+
+    torch.save({"latents": pickle_trap}, data / "video01.pt")  # a projected tensor
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        train(cfg)
+    assert_refused_and_explained(str(caught.value), data / "video01.pt")
+    assert not pickle_trap.sprung
