@@ -151,10 +151,10 @@ def pick_start_frame(item, args, item_index: int, frames: int) -> int:
 
 def load_input(item, args, item_index: int, size, frames: int):
     """(conditioning image [3, H, W], start frame) of one input; raises ImageReadError / VideoReadError."""
-    from models.video_io import ImageReadError, load_image, read_video_frames
+    from models.video_io import ImageReadError, VideoReadError, load_image, read_video_frames
 
     if item.error is not None:
-        raise ImageReadError(item.path, item.error)
+        raise (ImageReadError if item.kind == "image" else VideoReadError)(item.path, item.error)
     if item.kind == "image":
         return load_image(item.path, size=size, resize_mode=args.resize_mode), 0
     start = pick_start_frame(item, args, item_index, frames)
