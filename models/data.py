@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import atomic_write, load_weights_only
+from .checkpoint import atomic_write, leftover_temp_files, load_weights_only
 
 MANIFEST_NAME = "manifest.jsonl"
 RANK_MANIFEST_GLOB = "manifest.rank*.jsonl"
@@ -86,6 +86,8 @@ def append_manifest_entry(path, entry: dict) -> None:
 def merge_manifests(root) -> Path | None:
     """Rewrite `manifest.jsonl` atomically with every recorded clip (sorted, broken lines dropped) and remove the
     per-rank manifests. Returns the manifest's path, or None when nothing is recorded."""
+    for tmp in leftover_temp_files(manifest_path(root)):  # a killed merge's; every rank has finished writing
+        tmp.unlink(missing_ok=True)
     entries = read_manifest(root)
     if not entries:
         return None

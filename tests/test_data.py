@@ -112,3 +112,11 @@ def test_manifest_survives_a_partial_line_and_merges_rank_files(tmp_path):
     assert [p.name for p in tmp_path.glob("manifest*")] == ["manifest.jsonl"]
     assert (tmp_path / "manifest.jsonl").read_text().count("\n") == 3
     assert LatentVideoDataset(tmp_path).names == ["a", "b", "d"]
+
+
+def test_merging_removes_what_a_killed_merge_left(tmp_path):
+    write_clip(tmp_path, "a", rank=0)
+    leftover = tmp_path / ".manifest.jsonl.k1ll3d00.tmp"  # atomic_write's temporary file, as a kill -9 leaves it
+    leftover.write_text('{"name": "a", "sou')
+    merge_manifests(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "a_image.pt", "manifest.jsonl"]
