@@ -320,6 +320,12 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def console_summary(results: dict) -> str:
+    """The markdown table, then why each metric shown as "–" was not computed."""
+    table = to_markdown(results).split("\n## ")[0].strip()
+    return "\n".join([table, *(f"{name} skipped: {reason}" for name, reason in results["skipped"].items())])
+
+
 def write_results(results: dict, output) -> tuple[Path, Path]:
     base = Path(output)
     base = base.with_suffix("") if base.suffix in (".json", ".md") else base
@@ -408,7 +414,7 @@ def main(argv=None) -> dict:
         "unmatched_reference": [str(p) for p in unmatched_reference],
     }
     json_path, md_path = write_results(results, args.output)
-    print(to_markdown(results).split("\n## ")[0].strip())
+    print(console_summary(results))
     print(f"wrote {json_path} and {md_path}")
     return results
 

@@ -330,13 +330,15 @@ def test_distribution_metrics_vanish_for_identical_sets(video_dirs, weights_dir,
     assert results["metrics"]["fvd"]["value"] == pytest.approx(0, abs=1e-6)
 
 
-def test_missing_weights_skip_unless_asked_for(video_dirs, tmp_path, monkeypatch):
+def test_missing_weights_skip_unless_asked_for(video_dirs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("FASHIONFLOW_METRIC_WEIGHTS", raising=False)
     empty = tmp_path / "no_weights"
     empty.mkdir()
     results = _run(video_dirs, tmp_path, "--weights_dir", str(empty))
     assert set(results["metrics"]) == {"ssim", "psnr"}
+    console = capsys.readouterr().out  # the table's "–" cells come with their reasons
+    assert f"fid skipped: {results['skipped']['fid']}" in console and "lpips skipped: " in console
     assert WEIGHTS["inception"].filename in results["skipped"]["fid"]
     assert WEIGHTS["i3d"].url in results["skipped"]["fvd"] and "alexnet-owt" in results["skipped"]["lpips"]
     assert "## Skipped" in (tmp_path / "metrics.md").read_text()
