@@ -7,7 +7,6 @@ the work before; so every output folder is created and written to once up front.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ def name_max(directory) -> int:
     """The longest file name, in bytes, that `directory`'s filesystem accepts."""
     try:
         return os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):  # missing folder, or no such limit reported
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), a missing folder, or no limit reported
         return DEFAULT_NAME_MAX
 
 
@@ -78,6 +77,8 @@ class RunLock:
         self.file = None
 
     def __enter__(self) -> RunLock:
+        import fcntl  # POSIX only: imported here so that inference and projection still load on Windows
+
         self.file = open(self.path, "a+")  # held open for the whole run
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
