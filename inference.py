@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import RELEASED_CHECKPOINT_URL
+from models.cli import USER_ERRORS, non_negative_int, positive_int, print_user_error, run_command
 from models.config import PREPROCESSING_MODES, PRESETS
 from models.diffusion import SAMPLERS
 
@@ -44,13 +45,6 @@ def start_frame_arg(text: str):
     if text.isdigit():
         return int(text)
     raise argparse.ArgumentTypeError(f"expected a frame index >= 0 or 'random', got {text!r}")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"denoising steps (default: {DEFAULT_STEPS}; --sampler ddpm --steps {ORIGINAL_STEPS} is the original's procedure)",
     )
-    p.add_argument("--seed", type=int, default=0, help="base seed; video k of input i uses (seed, i, k)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed (>= 0); video k of input i uses (seed, i, k)")
     p.add_argument(
         "--frames",
         type=positive_int,
@@ -170,10 +164,10 @@ def pick_start_frame(item, args, item_index: int, frames: int) -> int:
 
 def load_input(item, args, item_index: int, size, frames: int):
     """(conditioning image [3, H, W], start frame) of one input; raises ImageReadError / VideoReadError."""
-    from models.video_io import ImageReadError, load_image, read_video_frames
+    from models.video_io import ImageReadError, VideoReadError, load_image, read_video_frames
 
     if item.error is not None:
-        raise ImageReadError(item.path, item.error)
+        raise (ImageReadError if item.kind == "image" else VideoReadError)(item.path, item.error)
     if item.kind == "image":
         return load_image(item.path, size=size, resize_mode=args.resize_mode), 0
     start = pick_start_frame(item, args, item_index, frames)
@@ -240,18 +234,20 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         pipeline, inputs, frames, steps, precision = setup(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"inference.py: error: {err}", file=sys.stderr)
+    except USER_ERRORS as error:
+        print_user_error("inference.py", error)
         return 2
     return generate(pipeline, inputs, args, frames=frames, steps=steps, precision=precision)
 
 
 def setup(args):
     from models.inference_io import image_inputs, video_inputs
+    from models.outputs import ensure_writable_dir
     from models.pipeline import DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, PRECISIONS, FashionFlowPipeline, resolve_precision
 
     checkpoint = Path(args.pretrained_model)
     check_checkpoint(checkpoint)
+    ensure_writable_dir(args.output_dir, "--output_dir")
     inputs = image_inputs(args.image) if args.image else video_inputs(args.dataset)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(args.precision or default_precision(device), device)
@@ -285,7 +281,6 @@ def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str)
     from models.pipeline import sample_generator
     from models.profiling import memory_kind, peak_memory_mb, reset_peak_memory
 
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     record = dict(
         frames=frames,
         fps=args.fps,
@@ -335,4 +330,4 @@ def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("inference.py", main))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from models.cli import positive_int, run_command
 from models.distributed import add_local_rank_argument
 
 
@@ -30,12 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preprocessing", choices=("legacy", "standard"), default=None,
                         help="VAE input range: 'legacy' ([0, 1], what the released checkpoint was trained on) or "
                         "'standard' ([-1, 1]); default: the preset's (legacy for paper)")  # fmt: skip
-    parser.add_argument("--frames", type=int, default=None, help="frames per clip; default: the preset's (70)")
-    parser.add_argument("--clips_per_video", type=int, default=1,
+    parser.add_argument("--frames", type=positive_int, default=None, help="frames per clip; default: the preset's (70)")
+    parser.add_argument("--clips_per_video", type=positive_int, default=1,
                         help="clips taken from each video (non-overlapping where the video is long enough)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed for the clip start frames and the VAE samples")
-    parser.add_argument("--batch_size", type=int, default=8, help="frames per VAE call")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="frames per VAE call")
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                         help="frame size in pixels; default: the preset's latent size times the VAE's downscale")  # fmt: skip
     parser.add_argument("--device", default="auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', ...")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("project_latent_space.py", main))

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
+from models.cli import run_command
 from models.distributed import add_local_rank_argument
 
 HELP = {
@@ -86,4 +88,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("train.py", main))

@@ -10,13 +10,19 @@ load through the same `load_checkpoint`.
 
 Writes are atomic: a temporary file in the same directory is flushed to disk and renamed over the
 target, so a crash mid-write leaves the previous file intact.
+
+Reads never run code from a file: `torch.load(weights_only=True)` refuses pickled Python objects, and we
+say why rather than pass on torch's advice to switch that protection off.
 """
 
 from __future__ import annotations
 
 import codecs
+import glob
 import json
 import os
+import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -27,6 +33,7 @@ from torch import nn
 
 from .adapter import EmbeddingAdapter
 from .config import ModelConfig
+from .outputs import fit_name, name_max
 from .unet import SpaceTimeUnet
 
 FORMAT = "fashionflow"
@@ -41,17 +48,38 @@ class CheckpointError(ValueError):
     pass
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """The file holds pickled Python objects, whose loading could run any code: refused."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+TEMP_SUFFIX = ".tmp"
+TEMP_RANDOM_CHARS = 8  # what mkstemp puts between prefix and suffix
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.<name>.`, with `<name>` shortened so that the whole temporary name fits wherever `path`'s name does."""
+    room = name_max(path.parent) - len(".." + TEMP_SUFFIX) - TEMP_RANDOM_CHARS
+    return f".{fit_name(path.name, room)}."
+
+
+def leftover_temp_files(path) -> list[Path]:
+    """Temporary files of `atomic_write(path, ...)` calls that a killed process left behind."""
+    path = Path(path)
+    pattern = glob.escape(_temp_prefix(path)) + "*" + TEMP_SUFFIX
+    return sorted(path.parent.glob(pattern))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -123,6 +151,35 @@ def refuse_non_checkpoint(path: Path) -> None:
         )
 
 
+def _unreadable_reason(error: Exception) -> str:
+    if isinstance(error, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(error, pickle.UnpicklingError | KeyError):
+        return "not a PyTorch file, or a corrupt one"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def load_weights_only(path, map_location="cpu", *, what: str, fix: str):
+    """`torch.load(path, weights_only=True)`; a failure raises CheckpointError naming `what`, `path`, why, and `fix`.
+
+    A file holding pickled objects raises UnsafeCheckpointError: loading them would run code the file chooses.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        # torch names the refused object "GLOBAL module.name" and suggests weights_only=False, which we never pass on
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
+        if refused:
+            raise UnsafeCheckpointError(
+                f"refusing to load {what} {path}: it holds pickled Python objects ({refused[1]}), not just tensors, and "
+                "unpickling them would run whatever code the file names (arbitrary code execution). If you trust "
+                "its source, load it there and save only the tensors (`torch.save(model.state_dict(), PATH)` or a "
+                ".safetensors export), then pass that file"
+            ) from None
+        raise CheckpointError(f"cannot read {what} {path}: {_unreadable_reason(error)}; {fix}") from error
+
+
 def read_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint file of either format into a dict with `net`, `adapter`, `config` (ModelConfig) and `format`."""
     path = Path(path)
@@ -134,10 +191,9 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     refuse_non_checkpoint(path)
     if path.suffix == ".safetensors":
         return _read_safetensors(path, map_location)
-    try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holds pickled objects we refuse to run
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}. Is it a complete FashionFlow checkpoint?") from err
+    raw = load_weights_only(
+        path, map_location, what="checkpoint", fix="is it a complete FashionFlow checkpoint? Copy or download it again"
+    )
     if not isinstance(raw, dict) or "net" not in raw or "adapter" not in raw:
         keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path} is not a FashionFlow checkpoint: expected keys 'net' and 'adapter', found {keys}")
@@ -156,10 +212,17 @@ def _read_safetensors(path: Path, map_location) -> dict:
     from safetensors import safe_open
 
     device = str(map_location) if map_location is not None else "cpu"
-    with safe_open(str(path), framework="pt", device=device) as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("format") != FORMAT or "config" not in meta:
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(meta["config"]) if meta.get("format") == FORMAT and "config" in meta else None
+    except Exception as error:  # safetensors' own error type, or a config that is not JSON
+        raise CheckpointError(
+            f"cannot read {path}: not a complete .safetensors file ({_unreadable_reason(error)}); export it again "
+            "(train.py --export_safetensors) or copy it again"
+        ) from error
+    if config is None:
         raise CheckpointError(f"{path} is not a FashionFlow safetensors export (no '{FORMAT}' config in its metadata)")
     split = {"net": {}, "adapter": {}}
     for key, value in tensors.items():
@@ -167,7 +230,7 @@ def _read_safetensors(path: Path, map_location) -> dict:
         if part not in split:
             raise CheckpointError(f"{path}: unexpected tensor {key!r}; expected names under 'net.' or 'adapter.'")
         split[part][name] = value
-    return {**split, "format": FORMAT, "config": ModelConfig.from_dict(json.loads(meta["config"]))}
+    return {**split, "format": FORMAT, "config": ModelConfig.from_dict(config)}
 
 
 def load_state_strict(module: nn.Module, state: dict, *, what: str, path) -> None:
@@ -249,18 +312,23 @@ def export_safetensors(path, unet: nn.Module, adapter: nn.Module, config: ModelC
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def latest_checkpoint(directory) -> Path | None:
-    """Newest `*.pth` of ours in `directory` by training step (file name `step_<n>.pth`), else by mtime."""
+def checkpoint_candidates(directory) -> list[Path]:
+    """Our `*.pth` files in `directory`, newest first: by training step (file name `step_<n>.pth`), else by mtime.
+
+    A `latest.pth` link whose target is gone is left out.
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        return None
-    candidates = [p for p in directory.glob("*.pth") if not p.name.startswith(".")]
-    if not candidates:
-        return None
+        return []
+    candidates = [p for p in directory.glob("*.pth") if not p.name.startswith(".") and p.exists()]
 
     def step_of(p: Path):
-        stem = p.stem
-        digits = stem.rsplit("_", 1)[-1]
+        digits = p.stem.rsplit("_", 1)[-1]
         return (int(digits) if digits.isdigit() else -1, p.stat().st_mtime)
 
-    return max(candidates, key=step_of)
+    return sorted(candidates, key=step_of, reverse=True)
+
+
+def latest_checkpoint(directory) -> Path | None:
+    """The newest of `checkpoint_candidates(directory)`, or None."""
+    return next(iter(checkpoint_candidates(directory)), None)

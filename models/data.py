@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, leftover_temp_files, load_weights_only
 
 MANIFEST_NAME = "manifest.jsonl"
 RANK_MANIFEST_GLOB = "manifest.rank*.jsonl"
@@ -86,6 +86,8 @@ def append_manifest_entry(path, entry: dict) -> None:
 def merge_manifests(root) -> Path | None:
     """Rewrite `manifest.jsonl` atomically with every recorded clip (sorted, broken lines dropped) and remove the
     per-rank manifests. Returns the manifest's path, or None when nothing is recorded."""
+    for tmp in leftover_temp_files(manifest_path(root)):  # a killed merge's; every rank has finished writing
+        tmp.unlink(missing_ok=True)
     entries = read_manifest(root)
     if not entries:
         return None
@@ -102,16 +104,16 @@ def _pair_original_layout(root: Path) -> list[str]:
 
 
 def load_tensor(path: Path) -> torch.Tensor:
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]  # torch's messages run on for lines
-        raise ValueError(
-            f"cannot load {path}: {reason}; delete it and run project_latent_space.py again to re-project it"
-        ) from error
+    value = load_weights_only(
+        path, what="projected tensor", fix="delete it and run project_latent_space.py again to re-project it"
+    )
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{path} holds a {type(value).__name__}, not a tensor; re-project this video")
     return value.float()
+
+
+def _dims(shape) -> str:
+    return ", ".join(map(str, shape))
 
 
 class LatentVideoDataset(Dataset):
@@ -120,9 +122,20 @@ class LatentVideoDataset(Dataset):
     frames: clip length to return (the first `frames` latents, so frame 0 stays the image's frame); every clip
         must hold at least that many. None returns all stored frames (which must then agree across clips).
     preprocessing: when given, the folder must have been projected with it ('legacy' for the original's layout).
+    latent_shape, image_size: when given, every clip's latents must be `[F, *latent_shape]` and its image
+        `[3, *image_size]` (what the model takes); checked as each clip is read, since a folder without a
+        manifest records no shapes.
     """
 
-    def __init__(self, root, *, frames: int | None = None, preprocessing: str | None = None):
+    def __init__(
+        self,
+        root,
+        *,
+        frames: int | None = None,
+        preprocessing: str | None = None,
+        latent_shape: tuple[int, int, int] | None = None,
+        image_size: tuple[int, int] | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -132,6 +145,7 @@ class LatentVideoDataset(Dataset):
         if frames is not None and frames < 1:
             raise ValueError(f"frames must be at least 1, got {frames}")
         self.frames = frames
+        self.latent_shape, self.image_size = latent_shape, image_size
         self.entries = read_manifest(self.root)
         self.names = sorted(self.entries) if self.entries else _pair_original_layout(self.root)
         if not self.names:
@@ -206,6 +220,20 @@ class LatentVideoDataset(Dataset):
             raise ValueError(
                 f"{latents_path} holds {len(latents)} frames, fewer than the {self.frames} asked for; "
                 f"re-project with --frames {self.frames} or ask for fewer frames"
+            )
+        self._check_model_fit(image_path, image, latents_path, latents)
+
+    def _check_model_fit(self, image_path: Path, image: torch.Tensor, latents_path: Path, latents: torch.Tensor):
+        """The shapes the model takes, when given (else a mismatch surfaces in the DataLoader, naming no file)."""
+        refit = "project the videos again at the model's resolution, or pick the --preset they were projected for"
+        if self.latent_shape is not None and tuple(latents.shape[1:]) != tuple(self.latent_shape):
+            raise ValueError(
+                f"{latents_path}: latents of shape {list(latents.shape)}, but the model takes [F, {_dims(self.latent_shape)}]; "
+                f"{refit}"
+            )
+        if self.image_size is not None and tuple(image.shape[1:]) != tuple(self.image_size):
+            raise ValueError(
+                f"{image_path}: an image of shape {list(image.shape)}, but the model takes [3, {_dims(self.image_size)}]; {refit}"
             )
 
     def __getitem__(self, index: int) -> dict:

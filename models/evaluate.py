@@ -38,6 +38,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from .checkpoint import atomic_write
+from .cli import run_command
 from .feature_nets import MissingWeightsError, download_weights, load_i3d, load_inception, load_lpips, resolve_weights
 from .metrics import FeatureStats, frechet_distance_from_stats, psnr, ssim
 from .scoring import ScoredFrames
@@ -382,6 +383,12 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def console_summary(results: dict) -> str:
+    """The markdown table, then why each metric shown as "–" was not computed."""
+    table = to_markdown(results).split("\n## ")[0].strip()
+    return "\n".join([table, *(f"{name} skipped: {reason}" for name, reason in results["skipped"].items())])
+
+
 def write_results(results: dict, output) -> tuple[Path, Path]:
     base = Path(output)
     base = base.with_suffix("") if base.suffix in (".json", ".md") else base
@@ -479,13 +486,10 @@ def main(argv=None) -> dict:
         "unmatched_reference": [str(p) for p in unmatched_reference],
     }
     json_path, md_path = write_results(results, args.output)
-    print(to_markdown(results).split("\n## ")[0].strip())
+    print(console_summary(results))
     print(f"wrote {json_path} and {md_path}")
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+    sys.exit(run_command("python -m models.evaluate", main))

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .checkpoint import load_weights_only
+
 WEIGHTS_DIR_ENV = "FASHIONFLOW_METRIC_WEIGHTS"
 
 
@@ -114,10 +116,7 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def _load_state_dict(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a PyTorch state dict ({error}); re-download it") from error
+    return load_weights_only(path, what="weights file", fix="download it again")
 
 
 def _load_strict(module: nn.Module, state_dict: dict, path: Path, what: str) -> None:

@@ -16,8 +16,11 @@ from pathlib import Path
 from PIL import Image
 
 from .checkpoint import atomic_write
+from .outputs import fit_name
+from .video_io import not_a_file_reason
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+STEM_MAX_BYTES = 200  # leaves room for `_<n>` and `_sample<k>_frames` within a 255-byte file name
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,27 @@ def _image_suffixes() -> set[str]:
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
-    """File stems, with `_2`, `_3`, ... appended when two inputs share one (a.jpg and a.png, or two folders)."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
+    """One output stem per input, distinct even where the filesystem ignores case: the file stem (shortened when
+    long), with `_2`, `_3`, ... appended when an earlier input has it (a.jpg and a.png, or two folders), skipping
+    any suffixed stem that another input has as its own (d1/a.jpg, d2/a.jpg and d1/a_2.jpg)."""
+    stems = [fit_name(path.stem, STEM_MAX_BYTES) for path in paths]
+    own = {stem.casefold() for stem in stems}
+    used, unique = set(), []
+    for stem in stems:
+        name, n = stem, 1
+        while name.casefold() in used or (n > 1 and name.casefold() in own):
+            n += 1
+            name = f"{stem}_{n}"
+        used.add(name.casefold())
+        unique.append(name)
+    return unique
+
+
+def _folder_entries(folder: Path, suffixes) -> list[tuple[Path, str | None]]:
+    """(path, why it cannot be read or None) for the entries of `folder` named with one of `suffixes`, sorted:
+    a folder or broken link named like a photo or video is reported, not silently passed over."""
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+    return [(p, not_a_file_reason(p)) for p in named]
 
 
 def image_inputs(specs: list[str]) -> list[InputItem]:
@@ -53,8 +69,7 @@ def image_inputs(specs: list[str]) -> list[InputItem]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-            found += [(p, None) for p in images] or [(path, "folder holds no image files")]
+            found += _folder_entries(path, suffixes) or [(path, "folder holds no image files")]
         elif path.exists():
             found.append((path, None))
         elif glob.has_magic(spec):
@@ -73,10 +88,11 @@ def video_inputs(dataset) -> list[InputItem]:
         raise FileNotFoundError(
             f"dataset folder {root} does not exist; pass --dataset <folder of .mp4 videos> or animate photos with --image"
         )
-    videos = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = _folder_entries(root, VIDEO_SUFFIXES)
     if not videos:
         raise FileNotFoundError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) in dataset folder {root}")
-    return [InputItem(p, "video", stem) for p, stem in zip(videos, _unique_stems(videos))]
+    stems = _unique_stems([p for p, _ in videos])
+    return [InputItem(p, "video", stem, error) for (p, error), stem in zip(videos, stems)]
 
 
 def input_image_path(output_dir, stem: str) -> Path:

@@ -9,6 +9,7 @@ Broken videos are skipped with their reason; anything unexpected is reported and
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import traceback
@@ -22,9 +23,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save
+from .checkpoint import atomic_torch_save, leftover_temp_files
 from .data import append_manifest_entry, clip_files, manifest_path, read_manifest
-from .video_io import VideoReadError, count_frames, frames_to_tensor, iter_video_frames, probe_video, resize_frame
+from .outputs import ensure_writable_dir, name_max
+from .video_io import (
+    VideoReadError,
+    count_frames,
+    frames_to_tensor,
+    iter_video_frames,
+    not_a_file_reason,
+    probe_video,
+    resize_frame,
+)
 
 MATCHING_KEYS = ("frames", "size", "preprocessing", "vae")  # what must agree for a folder to be one dataset
 
@@ -103,26 +113,37 @@ class ProjectionSummary:
 
 
 def list_videos(dataset_dir) -> list[Path]:
-    """Every visible file in `dataset_dir`, sorted: anything that turns out not to be a video is skipped later."""
+    """Every visible entry of `dataset_dir`, sorted: anything that turns out not to be a video is skipped later."""
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no video folder at {root}; pass --dataset with a folder of .mp4 files")
-    videos = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    videos = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     if not videos:
         raise ValueError(f"{root} holds no files; put the videos (e.g. .mp4) there or pass another --dataset")
     return videos
 
 
-def _name_collisions(videos: list[Path], clips: int) -> dict[str, str]:
-    """Videos whose output files would overwrite an earlier video's (same stem, or `<a>_image` vs `<a>`)."""
-    owner, skipped = {}, {}
+def _too_long(names: list[str], limit: int) -> str | None:
+    longest = max(names, key=lambda name: len(os.fsencode(name)))
+    if len(os.fsencode(longest)) <= limit:
+        return None
+    return f"file name too long: its output {longest} would pass the {limit}-byte name limit; rename the video shorter"
+
+
+def _unusable(videos: list[Path], clips: int, output_dir: Path) -> dict[str, str]:
+    """Why some entries cannot be projected, found before any is opened: not a file, output names too long for
+    the filesystem, or output names that would overwrite an earlier video's (same stem, or `<a>_image` vs `<a>`)."""
+    owner, skipped, limit = {}, {}, name_max(output_dir)
     for video in videos:
-        files = {f.name for k in range(clips) for f in clip_files("", clip_name(video.stem, k))}
-        clash = next((owner[f] for f in files if f in owner), None)
-        if clash is not None:
-            skipped[video.name] = f"its output names clash with {clash}'s; rename one of the two videos"
-            continue
-        owner.update(dict.fromkeys(files, video.name))
+        files = [f.name for k in range(clips) for f in clip_files("", clip_name(video.stem, k))]
+        clash = next(
+            (f"its output names clash with {owner[f]}'s; rename one of the two videos" for f in files if f in owner), None
+        )
+        reason = not_a_file_reason(video) or _too_long(files, limit) or clash
+        if reason:
+            skipped[video.name] = reason
+        else:
+            owner.update(dict.fromkeys(files, video.name))
     return skipped
 
 
@@ -163,6 +184,13 @@ class _Projector:
 
     def is_done(self, name: str) -> bool:
         return name in self.manifest and all(p.is_file() for p in clip_files(self.output_dir, name))
+
+    def remove_partial_writes(self, video: Path) -> None:
+        """Temporary files a killed run left while writing this video's clips (only this rank writes them)."""
+        for k in range(self.clips):
+            for path in clip_files(self.output_dir, clip_name(video.stem, k)):
+                for tmp in leftover_temp_files(path):
+                    tmp.unlink(missing_ok=True)
 
     # --- decoding (runs in the prefetch thread) -----------------------------------------------------
 
@@ -290,17 +318,18 @@ def project_dataset(
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be (H, W) in pixels, got {size}")
     encoders.latent_size(*size)  # raises, naming the fix, when the VAE cannot encode frames of this size
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = ensure_writable_dir(output_dir, "--output_dir")
     summary = ProjectionSummary()
     videos = list_videos(dataset_dir)
-    clashes = _name_collisions(videos, clips_per_video)
-    mine = [v for v in videos[rank::world_size] if v.name not in clashes]
-    summary.skipped.update({v.name: clashes[v.name] for v in videos[rank::world_size] if v.name in clashes})
+    unusable = _unusable(videos, clips_per_video, output_dir)
+    mine = [v for v in videos[rank::world_size] if v.name not in unusable]
+    summary.skipped.update({v.name: unusable[v.name] for v in videos[rank::world_size] if v.name in unusable})
     projector = _Projector(
         output_dir, encoders, frames=frames, clips_per_video=clips_per_video, seed=seed, batch_size=batch_size,
         size=size, settings={"preprocessing": preprocessing, "vae": str(vae)}, rank=rank, world_size=world_size,
     )  # fmt: skip
+    for video in mine:
+        projector.remove_partial_writes(video)
     bar = tqdm(total=len(mine), unit="video", disable=not progress or rank != 0, dynamic_ncols=True)
 
     def log(message: str) -> None:

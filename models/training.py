@@ -31,10 +31,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .checkpoint import build_models, latest_checkpoint, load_state_strict, read_checkpoint, save_checkpoint, unwrap
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    build_models,
+    checkpoint_candidates,
+    load_state_strict,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap,
+)
 from .config import ModelConfig, get_preset
 from .diffusion import NoiseSchedule, frame_conditioned_loss
 from .distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
+from .outputs import RunLock, ensure_writable_dir
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_PREFIX = "step_"
@@ -167,15 +177,43 @@ def weights_digest(*modules: nn.Module) -> str:
     return h.hexdigest()
 
 
-def resolve_resume(resume: str, output_dir) -> Path | None:
+def resolve_resume(resume: str, output_dir, say) -> tuple[Path | None, dict | None]:
+    """(path, checkpoint) to resume from: none, the file `resume` names, or for 'auto' the newest readable
+    checkpoint in `output_dir` (saying which newer ones could not be read, and why)."""
     if resume in ("", "none"):
-        return None
-    if resume == "auto":
-        return latest_checkpoint(output_dir)
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint; use 'auto', 'none' or an existing .pth file")
-    return path
+        return None, None
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint; use 'auto', 'none' or an existing .pth file")
+        return path, read_checkpoint(path)
+    output_dir = Path(output_dir)
+    link = output_dir / "latest.pth"
+    if link.is_symlink() and not link.exists():
+        say(f"{link} points to {os.readlink(link)}, which no longer exists; resuming from the newest readable checkpoint")
+    candidates = checkpoint_candidates(output_dir)
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except (FileNotFoundError, CheckpointError) as error:
+            say(f"not resuming from {path}: {error}")
+    if candidates:
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoints in {output_dir} can be read (see above); move them away to "
+            "start afresh, or pass --resume with a readable checkpoint"
+        )
+    return None, None
+
+
+@contextlib.contextmanager
+def claim_outputs(cfg: TrainConfig):
+    """Hold the lock on `output_dir` and check every other folder the run writes to (rank 0 writes them all),
+    before any work, so that an unusable folder cannot cost the steps trained before the first save."""
+    with RunLock(ensure_writable_dir(cfg.output_dir, "--output_dir")):
+        ensure_writable_dir(cfg.log_dir, "--log_dir")
+        if cfg.sample_every:
+            ensure_writable_dir(cfg.sample_dir, "--sample_dir")
+        yield
 
 
 def check_config(cfg: TrainConfig, env: DistEnv) -> None:
@@ -206,13 +244,20 @@ def model_config_for(cfg: TrainConfig, ckpt: dict | None) -> ModelConfig:
     return config
 
 
-def open_dataset(cfg: TrainConfig, config: ModelConfig):
+def open_dataset(cfg: TrainConfig, config: ModelConfig, downscale: int):
+    """The projected clips, each checked against the model's latent shape and the images its VAE encodes."""
     from .data import LatentVideoDataset
 
     frames = cfg.frames or config.frames
     if frames % config.frame_multiple:
         raise ValueError(f"--frames {frames} must be divisible by {config.frame_multiple} for this model")
-    return LatentVideoDataset(cfg.dataset_vae, frames=frames, preprocessing=config.preprocessing)
+    return LatentVideoDataset(
+        cfg.dataset_vae,
+        frames=frames,
+        preprocessing=config.preprocessing,
+        latent_shape=(config.channels, *config.latent_size),
+        image_size=tuple(n * downscale for n in config.latent_size),
+    )
 
 
 def check_encoders(encoders, config: ModelConfig) -> None:
@@ -223,22 +268,6 @@ def check_encoders(encoders, config: ModelConfig) -> None:
             f"the encoders (--vae {config.vae} / --clip {config.clip}) give {found[0]} CLIP tokens of width {found[1]} "
             f"and {found[2]} latent channels, but the model expects {expected[0]}x{expected[1]} and {expected[2]}; "
             "pick the --preset that matches these encoders"
-        )
-
-
-def check_batch(latents: torch.Tensor, image_latent: torch.Tensor, config: ModelConfig, root) -> None:
-    """Fail on the first batch, with the fix, when the data does not fit the model."""
-    want = (config.channels, *config.latent_size)
-    found = (latents.shape[1], *latents.shape[3:])  # latents [b, c, f, h, w]
-    if found != want:
-        raise ValueError(
-            f"{root}: projected latents are [C, h, w] = {list(found)} but the model expects {list(want)}; "
-            "project the videos again at the model's resolution or pick the matching --preset"
-        )
-    if tuple(image_latent.shape[1:]) != want:
-        raise ValueError(
-            f"{root}: the conditioning images encode to latents {list(image_latent.shape[1:])} but the model expects "
-            f"{list(want)}; the images and the model resolution disagree"
         )
 
 
@@ -334,7 +363,9 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> dict:
     """Train (or resume) as described by `cfg`; returns a summary (step, last loss, checkpoint, rank digests)."""
     env = setup_distributed(cfg.device, local_rank)
     try:
-        return _train(cfg, env)
+        check_config(cfg, env)
+        with claim_outputs(cfg) if env.is_main else contextlib.nullcontext():
+            return _train(cfg, env)
     finally:
         cleanup_distributed()
 
@@ -344,15 +375,16 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
 
     from .encoders import FrozenEncoders
 
-    check_config(cfg, env)
     dev, output_dir = env.device, Path(cfg.output_dir)
     say = tqdm.write if env.is_main else (lambda message: None)
 
     # ---- what to resume (rank 0 decides, so every rank loads the same file)
     if env.is_main:
         remove_partial_writes(output_dir)
-    resume_path = all_gather_objects(resolve_resume(cfg.resume, output_dir) if env.is_main else None)[0]
-    ckpt = read_checkpoint(resume_path, map_location="cpu") if resume_path is not None else None
+    resume_path, ckpt = resolve_resume(cfg.resume, output_dir, say) if env.is_main else (None, None)
+    resume_path = all_gather_objects(resume_path)[0]
+    if ckpt is None and resume_path is not None:
+        ckpt = read_checkpoint(resume_path, map_location="cpu")
     config = model_config_for(cfg, ckpt)
 
     # ---- models, identical on every rank
@@ -385,7 +417,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     check_encoders(encoders, config)
 
     # ---- data: one sampler code path, distributed or not
-    dataset = open_dataset(cfg, config)
+    dataset = open_dataset(cfg, config, encoders.downscale)
     sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed)
     loader = DataLoader(
         dataset,
@@ -410,7 +442,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
 
     # ---- training state from the checkpoint
     generator = rank_generator(cfg.seed, env.rank)
-    step, epoch, start_batch = 0, 0, 0
+    step, epoch, start_batch, loss_value, last_saved = 0, 0, 0, float("nan"), None
     if ckpt is not None and "step" in ckpt:
         opt.load_state_dict(ckpt["opt"])
         lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -419,6 +451,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"], path=resume_path)
         step, epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        loss_value, last_saved = ckpt.get("loss", loss_value), resume_path
         same_layout = ckpt.get("world_size") == env.world_size and ckpt.get("batch_size") == cfg.batch_size
         if not (same_layout and restore_rng_states(ckpt.get("rng", {}), generator, env)):
             say(
@@ -428,6 +461,8 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
             generator = rank_generator(cfg.seed + step, env.rank)
             epoch, start_batch = epoch + 1, 0
         say(f"resuming from {resume_path} at step {step} (epoch {epoch}, batch {start_batch})")
+        if step >= total_steps:
+            say(f"step {step} reaches the {total_steps} steps asked for: nothing to train; raise --max_steps to go on")
     elif ckpt is not None:
         say(f"initialised the weights from {resume_path} (no training state in it): starting at step 0")
     del ckpt
@@ -441,8 +476,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     batches = epoch_batches(loader, sampler, epoch=epoch, start_batch=start_batch)
     bar = tqdm(total=total_steps, initial=step, disable=not (env.is_main and cfg.progress), desc="train")
     samples_per_step = cfg.batch_size * cfg.grad_accum * env.world_size
-    checked_batch, nonfinite_run, last_saved = False, 0, None
-    log_losses, log_start, loss_value, grad_norm = [], time.perf_counter(), float("nan"), torch.tensor(0.0)
+    nonfinite_run, log_losses, log_start, grad_norm = 0, [], time.perf_counter(), torch.tensor(0.0)
 
     # ---- the loop: one optimizer step per iteration, `grad_accum` batches each
     while step < total_steps:
@@ -456,9 +490,6 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
             with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
                 clip_hidden = encoders.encode_clip(image)
                 image_latent = encoders.encode_frames(image, generator=generator).to(dev)
-            if not checked_batch:
-                check_batch(latents, image_latent, config, cfg.dataset_vae)
-                checked_batch = True
             t = objective.schedule.sample_timesteps(latents.shape[0], generator=generator, device=dev)
             noise = torch.randn(latents.shape, generator=generator).to(dev)
             last_micro = micro == cfg.grad_accum - 1
@@ -540,6 +571,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
                     world_size=env.world_size,
                     batch_size=cfg.batch_size,
                     rng=rng,
+                    loss=loss_value,
                     train_config=asdict(cfg),
                 )
                 point_latest(output_dir, last_saved)
@@ -550,7 +582,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     summary = {
         "step": step,
         "epoch": epoch,
-        "loss": loss_value,
+        "loss": loss_value if math.isfinite(loss_value) else None,
         "checkpoint": str(last_saved) if last_saved else None,
         "rank_weight_digests": all_gather_objects(weights_digest(unet, adapter)),
         "world_size": env.world_size,
@@ -562,6 +594,6 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
             final = (ema.unet, ema.adapter) if ema is not None else (unet, adapter)
             summary["safetensors"] = str(export_safetensors(output_dir / "final.safetensors", *final, config))
         writer.close()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        text = json.dumps(summary, indent=2, allow_nan=False)
+        atomic_write(output_dir / "train_summary.json", lambda tmp: Path(tmp).write_text(text))
     return summary

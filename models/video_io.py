@@ -46,6 +46,18 @@ class ImageReadError(ValueError):
         )
 
 
+def not_a_file_reason(path) -> str | None:
+    """Why `path`, found in a folder, cannot be read as a video or photo; None when it is a regular file."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "a folder, not a file"
+    if path.is_symlink():
+        return "a broken symbolic link or a link loop"
+    return "not a regular file (a socket, pipe or device)"
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     frames: int  # as advertised by the container: may be wrong or 0, see count_frames

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from traps import PickleTrap
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))  # a GPU machine gets a carried copy
@@ -41,3 +42,8 @@ def filler(reference_dir):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def pickle_trap(tmp_path) -> PickleTrap:
+    return PickleTrap(tmp_path / "pickled_code_ran")

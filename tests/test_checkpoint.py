@@ -1,21 +1,34 @@
-"""Reading the released format strictly, our format and safetensors round trips, atomic writes."""
+"""Reading the released format strictly, our format and safetensors round trips, atomic writes, refused pickles."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import zipfile
 
 import pytest
 import torch
+from traps import assert_refused_and_explained
 
 from models import EmbeddingAdapter, SpaceTimeUnet, get_preset, load_checkpoint
 from models.checkpoint import (
     RELEASED_CHECKPOINT_URL,
     CheckpointError,
+    UnsafeCheckpointError,
     atomic_torch_save,
     export_safetensors,
     latest_checkpoint,
+    leftover_temp_files,
     read_checkpoint,
     save_checkpoint,
     save_released_format,
 )
+from models.outputs import name_max
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_models(seed=0):
@@ -154,3 +167,71 @@ def test_latest_checkpoint_by_step(tmp_path):
     for step in (5, 40, 300):
         atomic_torch_save({}, tmp_path / f"step_{step:07d}.pth")
     assert latest_checkpoint(tmp_path).name == "step_0000300.pth"
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_code_never_runs_and_the_refusal_says_why(tmp_path, pickle_trap, zip_format):
+    path = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}}, path, _use_new_zipfile_serialization=zip_format)
+    torch.load(path, weights_only=False)  # the trap is live: loading without the guard runs it
+    assert pickle_trap.sprung
+    pickle_trap.marker.unlink()
+    for load in (read_checkpoint, load_checkpoint):
+        with pytest.raises(UnsafeCheckpointError) as caught:
+            load(path)
+        assert_refused_and_explained(str(caught.value), path)
+    assert not pickle_trap.sprung
+
+
+def test_empty_garbage_and_broken_safetensors_files_say_what_is_wrong(tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"empty\.pth: the file is empty or cut short; .*again"):
+        read_checkpoint(empty)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(bytes(random.Random(0).getrandbits(8) for _ in range(500)))
+    with pytest.raises(CheckpointError, match=r"garbage\.pth: not a PyTorch file, or a corrupt one") as caught:
+        read_checkpoint(garbage)
+    assert "weights_only" not in str(caught.value)
+    unet, adapter, config = tiny_models()
+    export = export_safetensors(tmp_path / "model.safetensors", unet, adapter, config)
+    export.write_bytes(export.read_bytes()[:100])
+    (tmp_path / "text.safetensors").write_text("not tensors")
+    for path in (export, tmp_path / "text.safetensors"):
+        with pytest.raises(CheckpointError, match=rf"{path.name}: not a complete \.safetensors file .*export it again"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("stem", ["a" * 251, "é" * 125], ids=["ascii", "two-byte characters"])
+def test_temporary_files_fit_beside_the_longest_legal_name(tmp_path, stem):
+    path = tmp_path / f"{stem}.pth"
+    assert len(os.fsencode(path.name)) <= name_max(tmp_path) == 255
+    atomic_torch_save({"step": 1}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == [path.name]
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from models.checkpoint import atomic_write
+
+def write_half_then_die(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomic_write(sys.argv[1], write_half_then_die)
+"""
+
+
+def test_kill_9_mid_write_keeps_the_previous_file_and_its_leftover_is_found(tmp_path):
+    path = tmp_path / f"{'x' * 245}.pth"
+    atomic_torch_save({"step": 1}, path)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    (leftover,) = leftover_temp_files(path)
+    assert leftover.read_bytes() == b"half a checkpoint"
+    assert leftover_temp_files(tmp_path / "other.pth") == []

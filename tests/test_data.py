@@ -64,7 +64,7 @@ def test_too_few_frames_is_refused_with_the_fix(tmp_path):
 def test_unloadable_and_missing_files_are_named(tmp_path):
     write_clip(tmp_path, "a")
     (tmp_path / "a.pt").write_bytes(b"not a tensor")
-    with pytest.raises(ValueError, match=r"cannot load .*a\.pt.*re-project"):
+    with pytest.raises(ValueError, match=r"cannot read .*a\.pt.*re-project"):
         LatentVideoDataset(tmp_path)[0]
     (tmp_path / "a_image.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"a_image\.pt"):
@@ -76,6 +76,18 @@ def test_shapes_must_match_the_manifest(tmp_path):
     torch.save(torch.zeros(8, 4, 8, 8), tmp_path / "a.pt")
     with pytest.raises(ValueError, match=r"latents are \[8, 4, 8, 8\], manifest says \[8, 4, 16, 12\]"):
         LatentVideoDataset(tmp_path)[0]
+
+
+def test_shapes_must_fit_the_model_without_a_manifest(tmp_path):
+    write_clip(tmp_path, "a", manifest=False)
+    write_clip(tmp_path, "b", manifest=False)
+    torch.save(torch.zeros(8, 4, 8, 8), tmp_path / "b.pt")
+    torch.save(torch.zeros(3, 32, 24), tmp_path / "a_image.pt")
+    dataset = LatentVideoDataset(tmp_path, latent_shape=(4, 16, 12), image_size=(64, 48))
+    with pytest.raises(ValueError, match=r"a_image\.pt: an image of shape \[3, 32, 24\], but the model takes \[3, 64, 48\]"):
+        dataset[0]
+    with pytest.raises(ValueError, match=r"b\.pt: latents of shape \[8, 4, 8, 8\], but the model takes \[F, 4, 16, 12\]"):
+        dataset[1]
 
 
 def test_empty_or_missing_folder(tmp_path):
@@ -100,3 +112,11 @@ def test_manifest_survives_a_partial_line_and_merges_rank_files(tmp_path):
     assert [p.name for p in tmp_path.glob("manifest*")] == ["manifest.jsonl"]
     assert (tmp_path / "manifest.jsonl").read_text().count("\n") == 3
     assert LatentVideoDataset(tmp_path).names == ["a", "b", "d"]
+
+
+def test_merging_removes_what_a_killed_merge_left(tmp_path):
+    write_clip(tmp_path, "a", rank=0)
+    leftover = tmp_path / ".manifest.jsonl.k1ll3d00.tmp"  # atomic_write's temporary file, as a kill -9 leaves it
+    leftover.write_text('{"name": "a", "sou')
+    merge_manifests(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "a_image.pt", "manifest.jsonl"]

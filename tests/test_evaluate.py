@@ -10,7 +10,9 @@ import pytest
 import scipy.linalg
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from traps import assert_refused_and_explained
 
+from models.checkpoint import UnsafeCheckpointError
 from models.evaluate import main, pair_videos, read_sidecar
 from models.feature_nets import (
     LPIPS,
@@ -384,15 +386,26 @@ def test_distribution_metrics_vanish_for_identical_sets(video_dirs, weights_dir,
     assert results["metrics"]["fvd"]["value"] == pytest.approx(0, abs=1e-6)
 
 
-def test_missing_weights_skip_unless_asked_for(video_dirs, tmp_path, monkeypatch):
+def test_missing_weights_skip_unless_asked_for(video_dirs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("FASHIONFLOW_METRIC_WEIGHTS", raising=False)
     empty = tmp_path / "no_weights"
     empty.mkdir()
     results = _run(video_dirs, tmp_path, "--weights_dir", str(empty))
     assert set(results["metrics"]) == {"ssim", "psnr"}
+    console = capsys.readouterr().out  # the table's "–" cells come with their reasons
+    assert f"fid skipped: {results['skipped']['fid']}" in console and "lpips skipped: " in console
     assert WEIGHTS["inception"].filename in results["skipped"]["fid"]
     assert WEIGHTS["i3d"].url in results["skipped"]["fvd"] and "alexnet-owt" in results["skipped"]["lpips"]
     assert "## Skipped" in (tmp_path / "metrics.md").read_text()
     with pytest.raises(MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
         _run(video_dirs, tmp_path, "--weights_dir", str(empty), "--metrics", "ssim,fid")
+
+
+def test_pickled_code_in_a_weights_file_never_runs(video_dirs, tmp_path, pickle_trap):
+    trap = tmp_path / "inception.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": pickle_trap}, trap)
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        _run(video_dirs, tmp_path, "--metrics", "fid", "--inception", str(trap))
+    assert_refused_and_explained(str(caught.value), trap)
+    assert not pickle_trap.sprung

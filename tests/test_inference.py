@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from traps import assert_refused_and_explained
 
 import inference
 from models.checkpoint import build_models, save_checkpoint, save_released_format
@@ -236,3 +237,80 @@ def test_missing_photo_and_empty_glob_are_reported(parts, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "gone.jpg" in out and "no such file" in out and "no file matches" in out
     assert (tmp_path / "o" / "ok_sample0.mp4").is_file()
+
+
+def test_pickled_code_in_the_checkpoint_never_runs(parts, tmp_path, pickle_trap):
+    trap = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}}, trap)
+    argv = [*args_for(parts, tmp_path / "out", "--image", "x.jpg"), "--pretrained_model", str(trap)]
+    run = subprocess.run([sys.executable, "inference.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert_refused_and_explained(run.stderr, trap)
+    assert not pickle_trap.sprung
+
+
+# ---- nothing lost, nothing overwritten
+
+
+def photo(path: Path, colour) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (48, 64), colour).save(path)
+    return path
+
+
+def test_unusable_output_dir_and_negative_seed_are_refused_before_any_work(parts, tmp_path, capsys):
+    photo_path = photo(tmp_path / "p.png", (0, 0, 0))
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("")
+    assert inference.main(args_for(parts, not_a_folder, "--image", str(photo_path))) == 2
+    assert f"--output_dir {not_a_folder} is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inference.main(args_for(parts, tmp_path / "out", "--image", str(photo_path), "--seed", "-5"))
+    assert "argument --seed: expected an integer >= 0, got -5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def assert_each_input_kept_its_outputs(out: Path, photos: list[Path]):
+    """One sidecar per input, naming it, next to an input png of that photo's own colour."""
+    sidecars = sorted(out.glob("*_sample0.json"))
+    sources = {json.loads(s.read_text())["source"]: s for s in sidecars}
+    assert len(sidecars) == len(photos) and set(sources) == {str(p) for p in photos}
+    for source, sidecar in sources.items():
+        stem = sidecar.name.removesuffix("_sample0.json")
+        own = np.asarray(Image.open(source))[0, 0]
+        assert np.abs(np.asarray(Image.open(out / f"{stem}_input.png"))[0, 0].astype(int) - own).max() <= 2, source
+
+
+def test_inputs_with_colliding_names_each_keep_their_outputs(parts, tmp_path):
+    photos = [
+        photo(tmp_path / "d1" / "a.jpg", (250, 0, 0)),
+        photo(tmp_path / "d2" / "a.jpg", (0, 250, 0)),
+        photo(tmp_path / "d1" / "a_2.jpg", (0, 0, 250)),
+        photo(tmp_path / "d3" / "A.png", (250, 250, 0)),  # the same name where the filesystem ignores case
+    ]
+    assert inference.main(args_for(parts, tmp_path / "out", "--image", *map(str, photos))) == 0
+    assert_each_input_kept_its_outputs(tmp_path / "out", photos)
+
+
+def test_long_names_neither_stop_the_run_nor_collide(parts, tmp_path):
+    folder = tmp_path / "photos"
+    photos = [
+        photo(folder / f"{'x' * 236}.png", (250, 0, 0)),  # the temporary file of `<stem>_input.png` did not fit
+        photo(folder / f"{'y' * 245}_1.png", (0, 250, 0)),  # `<stem>_sample0.json` itself does not fit
+        photo(folder / f"{'y' * 245}_2.png", (0, 0, 250)),  # nor does this one, and both are cut to the same start
+        photo(folder / "z.png", (250, 250, 0)),
+    ]
+    assert inference.main(args_for(parts, tmp_path / "out", "--image", str(folder))) == 0
+    assert_each_input_kept_its_outputs(tmp_path / "out", photos)
+
+
+def test_unusable_folder_entries_are_reported_and_the_rest_animated(parts, tmp_path, capsys):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "clip0.mp4").write_bytes((parts["dataset"] / "clip0.mp4").read_bytes())
+    (dataset / "folder.mp4").mkdir()
+    (dataset / "loop.mp4").symlink_to("loop.mp4")
+    assert inference.main(args_for(parts, tmp_path / "out", "--dataset", str(dataset))) == 1
+    said = capsys.readouterr()
+    assert "folder.mp4: a folder, not a file" in said.out and "loop.mp4: a broken symbolic link or a link loop" in said.out
+    assert "2 input(s) failed" in said.err and (tmp_path / "out" / "clip0_sample0.mp4").is_file()

@@ -1,5 +1,6 @@
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +273,78 @@ def test_choose_starts_when_clips_must_overlap():
     assert choose_starts(7, 8, 1, random.Random(0)) == []
     overlapping = choose_starts(20, 8, 3, random.Random(0))
     assert overlapping == [0, 6, 12] and np.all(np.diff(overlapping) > 0)
+
+
+def test_user_errors_print_one_message_without_a_traceback(good_videos, vae_dir, tmp_path):
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("")
+    base = [sys.executable, "project_latent_space.py", "--dataset", str(good_videos), "--preset", "tiny", "--vae", str(vae_dir)]
+    for extra, expected in [
+        (["--output_dir", str(not_a_folder)], f"project_latent_space.py: error: --output_dir {not_a_folder} is a file"),
+        (["--output_dir", str(tmp_path / "out"), "--preset", "huge"], "project_latent_space.py: error: unknown preset 'huge'"),
+        (["--output_dir", str(tmp_path / "out"), "--frames", "0"], "argument --frames: expected an integer >= 1, got 0"),
+    ]:
+        run = subprocess.run([*base, *extra, "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert expected in run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+# ---- nothing lost, nothing overwritten
+
+KILL_AT_SECOND_TENSOR = """
+import os, signal, sys, torch
+import project_latent_space
+
+save, saved = torch.save, []
+
+def save_half_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    saved.append(path)
+    if len(saved) == 2:  # the first video's latents, after its image
+        os.truncate(path, os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save_half_then_die
+project_latent_space.main(sys.argv[1:])
+"""
+
+
+def test_kill_9_mid_write_leaves_no_broken_tensor_and_a_rerun_finishes_the_same(good_videos, vae_dir, tmp_path):
+    killed = tmp_path / "killed"
+    argv = ["--dataset", str(good_videos), "--output_dir", str(killed), "--preset", "tiny", "--vae", str(vae_dir)]
+    run = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_TENSOR, *argv, "--device", "cpu", "--no_progress"], cwd=ROOT)
+    assert run.returncode == -signal.SIGKILL
+    assert len(list(killed.glob(".blue01.pt.*.tmp"))) == 1, "not killed mid-write"
+    for tensor in killed.glob("*.pt"):  # every complete name holds a complete tensor
+        torch.load(tensor, weights_only=True)
+    assert project(good_videos, killed, vae_dir) == 0
+    assert project(good_videos, tmp_path / "straight", vae_dir) == 0
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in (tmp_path / "straight").iterdir())
+    assert read_manifest(killed) == read_manifest(tmp_path / "straight")
+    for name in read_manifest(killed):
+        for suffix in (".pt", "_image.pt"):
+            torch.testing.assert_close(
+                torch.load(killed / f"{name}{suffix}", weights_only=True),
+                torch.load(tmp_path / "straight" / f"{name}{suffix}", weights_only=True),
+                rtol=0, atol=0,
+            )  # fmt: skip
+
+
+def test_long_names_and_entries_that_are_not_videos_are_reported(good_videos, vae_dir, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    fits, too_long = "b" * 245, "c" * 250  # `<name>_image.pt` is 254 and 259 bytes
+    shutil.copy(good_videos / "blue01.mp4", folder / f"{fits}.mp4")
+    shutil.copy(good_videos / "blue01.mp4", folder / f"{too_long}.mp4")
+    (folder / "folder.mp4").mkdir()
+    (folder / "loop.mp4").symlink_to("loop.mp4")
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == [fits] and summary.failed == {}
+    assert LatentVideoDataset(tmp_path / "out", frames=8).names == [fits]
+    assert "file name too long" in summary.skipped[f"{too_long}.mp4"]
+    assert summary.skipped["folder.mp4"] == "a folder, not a file"
+    assert summary.skipped["loop.mp4"] == "a broken symbolic link or a link loop"
+    assert "skipped       3 videos" in summary.report()

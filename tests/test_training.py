@@ -5,8 +5,10 @@ Everything runs on CPU with the tiny preset, tiny real encoders and a synthetic 
 
 import dataclasses
 import json
+import math
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -15,14 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from traps import assert_refused_and_explained
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from models.checkpoint import build_models, read_checkpoint  # noqa: E402
+from models.checkpoint import CheckpointError, UnsafeCheckpointError, build_models, read_checkpoint  # noqa: E402
 from models.config import get_preset  # noqa: E402
+from models.outputs import OutputLocationError  # noqa: E402
 from models.training import TrainConfig, train, weights_digest  # noqa: E402
 
 FRAMES, CHANNELS, LATENT_HW, IMAGE_HW = 8, 4, (16, 12), (64, 48)
@@ -272,3 +276,180 @@ def test_every_config_field_is_a_documented_flag():
     for field in dataclasses.fields(TrainConfig):
         assert field.name in flags and flags[field.name].help, field.name
     assert parser.parse_args([]).lr == 1e-4 and parser.parse_args([]).weight_decay == 0.01
+
+
+def test_user_errors_print_one_message_without_a_traceback(tmp_path, encoder_dirs, pickle_trap):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    trap = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}}, trap)
+    for cfg, expected in [
+        (tiny_config(tmp_path, data, encoder_dirs, resume=str(trap)), "refusing to load checkpoint"),
+        (tiny_config(tmp_path, tmp_path / "nowhere", encoder_dirs), "no projected dataset at"),
+        (tiny_config(tmp_path, data, encoder_dirs, precision="fp16"), "--precision fp16 needs a GPU"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "train.py", *to_argv(cfg)], cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-4000:]
+        assert run.stderr.strip().splitlines()[-1].startswith(f"train.py: error: {expected}"), run.stderr[-4000:]
+    assert not pickle_trap.sprung
+
+
+# ---- nothing lost, nothing overwritten
+
+
+@pytest.mark.parametrize("flag", ["output_dir", "log_dir", "sample_dir"])
+@pytest.mark.parametrize("how", ["existing file", "read-only folder"])
+def test_unwritable_outputs_fail_before_the_first_step(tmp_path, encoder_dirs, monkeypatch, flag, how):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    target = tmp_path / "target"
+    if how == "existing file":
+        target.write_text("a file where a folder should be")
+    else:
+        target.mkdir(mode=0o555)
+        if os.access(target, os.W_OK):  # root writes through permissions
+            pytest.skip("this user can write into read-only folders")
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, sample_every=1, **{flag: str(target)})
+
+    def started(*args, **kwargs):
+        raise AssertionError("training started although an output folder is unusable")
+
+    monkeypatch.setattr("models.training.build_models", started)
+    with pytest.raises(OutputLocationError, match=rf"--{flag} {target}"):
+        train(cfg)
+
+
+def run_train_script(cfg: TrainConfig, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", *to_argv(cfg)], cwd=ROOT, env=script_env(), **popen)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_the_first_one_goes_on(tmp_path, encoder_dirs):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1000, checkpoint_every=1)
+    first = run_train_script(cfg, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = Path(cfg.output_dir)
+
+    def newest_step() -> int:
+        return max(int(p.stem.removeprefix("step_")) for p in out.glob("step_*.pth"))
+
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("step_*.pth")):
+            assert first.poll() is None, first.stderr.read().decode()[-4000:]
+            assert time.monotonic() < deadline, "the first run wrote no checkpoint"
+            time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "train.py", *to_argv(dataclasses.replace(cfg, max_steps=2, log_dir=str(tmp_path / "log2")))],
+            cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+        assert f"host {socket.gethostname()}, pid {first.pid}" in second.stderr and "another --output_dir" in second.stderr
+        assert not (tmp_path / "log2").exists()
+        assert first.poll() is None, "the first run stopped"
+        step, deadline = newest_step(), time.monotonic() + 120
+        while newest_step() == step:
+            assert first.poll() is None and time.monotonic() < deadline, "the first run stopped training"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    assert all(read_checkpoint(p)["train_config"]["max_steps"] == 1000 for p in out.glob("step_*.pth"))
+
+
+KILL_AT_SECOND_CHECKPOINT = """
+import os, signal, sys, torch
+import train
+
+save = torch.save
+
+def save_half_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    if ".step_0000002.pth." in str(path):
+        os.truncate(path, os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = save_half_then_die
+train.main(sys.argv[1:])
+"""
+
+
+def test_kill_9_mid_checkpoint_write_loses_nothing_and_the_stale_lock_is_taken_over(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, checkpoint_every=1)
+    killed = dataclasses.replace(base, output_dir=str(tmp_path / "killed"), max_steps=4)
+    run = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_CHECKPOINT, *to_argv(killed)], cwd=ROOT, env=script_env())
+    assert run.returncode == -signal.SIGKILL
+    out = Path(killed.output_dir)
+    assert len(list(out.glob(".step_0000002.pth.*.tmp"))) == 1, "not killed mid-write"
+    assert (out / "latest.pth").resolve().name == "step_0000001.pth" and read_checkpoint(out / "latest.pth")["step"] == 1
+    assert json.loads((out / "train.lock").read_text())["pid"] != os.getpid()  # left by the killed run
+
+    resumed = train(killed)
+    said = capsys.readouterr().out
+    assert "ended without releasing it; taking it over" in said and "resuming from" in said and "at step 1" in said
+    assert not list(out.glob(".*.tmp")) and (out / "train.lock").read_text() == ""  # released
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight"), max_steps=4))
+    assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
+
+
+def test_a_wrong_shape_in_a_dataset_without_manifest_names_the_file(tmp_path, encoder_dirs):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    (data / "manifest.jsonl").unlink()
+    torch.save(torch.randn(FRAMES, CHANNELS, 8, 8), data / "video01.pt")
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, preprocessing="legacy")  # what a folder without manifest means
+    with pytest.raises(ValueError, match=r"video01\.pt: latents of shape \[8, 4, 8, 8\], but the model takes \[F, 4, 16, 12\]"):
+        train(cfg)
+
+
+def test_dangling_latest_and_unreadable_checkpoints_fall_back_to_the_newest_readable(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, checkpoint_every=1, keep_last=0)
+    cfg = dataclasses.replace(base, max_steps=3)
+    train(cfg)
+    out = Path(cfg.output_dir)
+    (out / "step_0000003.pth").unlink()  # latest.pth now points nowhere
+    (out / "step_0000002.pth").write_bytes(b"")  # and the step before is empty
+    capsys.readouterr()
+    resumed = train(dataclasses.replace(cfg, max_steps=4))
+    said = capsys.readouterr().out
+    assert "latest.pth points to step_0000003.pth, which no longer exists" in said
+    assert "step_0000002.pth: the file is empty" in said and "resuming from" in said and "at step 1" in said
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight"), max_steps=4))
+    assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
+    assert (out / "latest.pth").resolve().name == "step_0000004.pth"
+
+
+def test_rerunning_a_finished_run_keeps_an_honest_summary(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=2, ema_decay=0.0)
+    first = train(cfg)
+    again = train(cfg)
+    assert "nothing to train" in capsys.readouterr().out
+    summary = json.loads(
+        (Path(cfg.output_dir) / "train_summary.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON")
+    )
+    assert summary["checkpoint"] == first["checkpoint"] == again["checkpoint"]
+    assert summary["step"] == 2 and summary["loss"] == first["loss"] and math.isfinite(first["loss"])
+
+
+def test_pickled_code_in_a_checkpoint_or_the_dataset_never_runs(tmp_path, encoder_dirs, pickle_trap, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1)
+    trap = tmp_path / "trap.pth"
+    torch.save({"net": pickle_trap, "adapter": {}, "step": 1}, trap)
+    with pytest.raises(UnsafeCheckpointError) as caught:  # --resume PATH
+        train(dataclasses.replace(cfg, resume=str(trap)))
+    assert_refused_and_explained(str(caught.value), trap)
+
+    auto = Path(cfg.output_dir) / "step_0000005.pth"  # --resume auto finds it
+    auto.write_bytes(trap.read_bytes())
+    with pytest.raises(CheckpointError, match="none of the 1 checkpoints"):
+        train(cfg)
+    assert_refused_and_explained(capsys.readouterr().out, auto)
+    auto.unlink()
+
+    torch.save({"latents": pickle_trap}, data / "video01.pt")  # a projected tensor
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        train(cfg)
+    assert_refused_and_explained(str(caught.value), data / "video01.pt")
+    assert not pickle_trap.sprung
