@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-import torch
-
-from models.checkpoint import RELEASED_CHECKPOINT_URL
 from models.cli import USER_ERRORS, non_negative_int, positive_int, print_user_error, run_command
-from models.config import PREPROCESSING_MODES, PRESETS
+from models.config import DEFAULT_FPS, PREPROCESSING_MODES, PRESETS
 from models.diffusion import SAMPLERS
 
 
@@ -48,7 +43,8 @@ def start_frame_arg(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_STEPS, PRECISIONS
+    from models.config import PRECISIONS
+    from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_STEPS
     from models.video_io import RESIZE_MODES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="frames per video, frame 0 being the input (default: the checkpoint's, 70 for the paper)",
     )
-    p.add_argument("--fps", type=positive_int, default=25, help="frame rate of the written videos")
+    p.add_argument("--fps", type=positive_int, default=DEFAULT_FPS, help="frame rate of the written videos")
     p.add_argument(
         "--precision",
         choices=sorted(PRECISIONS),
@@ -139,192 +135,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_checkpoint(path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found. Download the released checkpoint from {RELEASED_CHECKPOINT_URL} into "
-            "checkpoint/, train your own (`python -m models.quickstart` makes a tiny one offline), or pass "
-            "--pretrained_model <path>"
-        )
-
-
-def default_precision(device: torch.device) -> str:
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
-def pick_start_frame(item, args, item_index: int, frames: int) -> int:
-    """The dataset frame to animate; 'random' keeps the window [start, start + frames) inside the video."""
-    from models.video_io import count_frames, probe_video
-
-    if args.start_frame != "random":
-        return args.start_frame
-    total = probe_video(item.path).frames or count_frames(item.path)
-    return int(np.random.default_rng([args.seed, item_index]).integers(0, max(total - frames, 0) + 1))
-
-
-def load_input(item, args, item_index: int, size, frames: int):
-    """(conditioning image [3, H, W], start frame) of one input; raises ImageReadError / VideoReadError."""
-    from models.video_io import ImageReadError, VideoReadError, load_image, read_video_frames
-
-    if item.error is not None:
-        raise (ImageReadError if item.kind == "image" else VideoReadError)(item.path, item.error)
-    if item.kind == "image":
-        return load_image(item.path, size=size, resize_mode=args.resize_mode), 0
-    start = pick_start_frame(item, args, item_index, frames)
-    return read_video_frames(item.path, start=start, count=1, size=size)[0], start
-
-
-def write_outputs(video: torch.Tensor, job: dict, args, record: dict) -> Path:
-    from models.inference_io import sample_stem, write_sidecar
-    from models.video_io import write_gif, write_mp4, write_png_frames
-
-    out = Path(args.output_dir)
-    stem = sample_stem(job["stem"], job["sample_index"])
-    mp4 = write_mp4(video, out / f"{stem}.mp4", fps=args.fps)
-    if args.gif:
-        write_gif(video, out / f"{stem}.gif", fps=args.fps)
-    if args.png_frames:
-        write_png_frames(video, out / f"{stem}_frames", prefix="frame")
-    write_sidecar(
-        out / f"{stem}.json",
-        {
-            **record,
-            "source": str(job["path"]),
-            "start_frame": job["start_frame"],
-            "sample_index": job["sample_index"],
-            "input_index": job["input_index"],
-        },
-    )
-    return mp4
-
-
-def iter_jobs(inputs, args, size, frames: int, failures: list, say):
-    """One job per (input, sample); an input that cannot be read is reported and recorded in `failures`."""
-    from models.inference_io import input_image_path
-    from models.video_io import ImageReadError, VideoReadError, save_image
-
-    for index, item in enumerate(inputs):
-        try:
-            image, start = load_input(item, args, index, size, frames)
-        except (ImageReadError, VideoReadError) as err:
-            failures.append(item.path)
-            say(f"skipped {item.path}: {err}")
-            yield None  # lets the caller count the input as done
-            continue
-        save_image(image, input_image_path(args.output_dir, item.stem))
-        for k in range(args.num_of_vid):
-            yield dict(image=image, path=item.path, stem=item.stem, input_index=index, sample_index=k, start_frame=start)
-
-
-def batches(jobs, batch_size: int):
-    batch = []
-    for job in jobs:
-        if job is None:
-            yield None
-            continue
-        batch.append(job)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def main(argv=None) -> int:
+    from tqdm.auto import tqdm
+
+    from models.animate import AnimateSettings, animate, load_pipeline
+    from models.inference_io import image_inputs, video_inputs
+    from models.outputs import ensure_writable_dir
+    from models.pipeline import DEFAULT_STEPS
+
     args = build_parser().parse_args(argv)
     try:
-        pipeline, inputs, frames, steps, precision = setup(args)
+        ensure_writable_dir(args.output_dir, "--output_dir")
+        inputs = image_inputs(args.image) if args.image else video_inputs(args.dataset)
+        pipeline, precision = load_pipeline(
+            args.pretrained_model, vae=args.vae, clip=args.clip, preprocessing=args.preprocessing, preset=args.preset,
+            device=args.device, precision=args.precision, autocast=args.autocast, compile=args.compile,
+            use_ema=not args.no_ema,
+        )  # fmt: skip
+        settings = AnimateSettings(
+            output_dir=args.output_dir, num_videos=args.num_of_vid, frames=args.frames, sampler=args.sampler,
+            steps=args.steps or DEFAULT_STEPS, seed=args.seed, precision=precision, batch_size=args.batch_size,
+            decode_chunk_size=args.decode_chunk_size, fps=args.fps, resize_mode=args.resize_mode,
+            start_frame=args.start_frame, gif=args.gif, png_frames=args.png_frames, low_memory=args.low_memory,
+            progress=not args.no_progress, record=dict(checkpoint=str(args.pretrained_model)),
+        )  # fmt: skip
+        results = animate(pipeline, inputs, settings)
+        written, failed = 0, []
+        for result in results:
+            if result.ok:
+                written += len(result.videos)
+            else:
+                failed.append(result)
+                tqdm.write(f"skipped {result.item.path}: {result.error}")  # above the progress bar
     except USER_ERRORS as error:
         print_user_error("inference.py", error)
         return 2
-    return generate(pipeline, inputs, args, frames=frames, steps=steps, precision=precision)
-
-
-def setup(args):
-    from models.inference_io import image_inputs, video_inputs
-    from models.outputs import ensure_writable_dir
-    from models.pipeline import DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, PRECISIONS, FashionFlowPipeline, resolve_precision
-
-    checkpoint = Path(args.pretrained_model)
-    check_checkpoint(checkpoint)
-    ensure_writable_dir(args.output_dir, "--output_dir")
-    inputs = image_inputs(args.image) if args.image else video_inputs(args.dataset)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = resolve_precision(args.precision or default_precision(device), device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
-    pipeline = FashionFlowPipeline.from_checkpoint(
-        checkpoint,
-        vae=args.vae,
-        clip=args.clip,
-        preprocessing=args.preprocessing,
-        preset=args.preset,
-        device=device,
-        dtype=torch.float32 if args.autocast else PRECISIONS[precision],
-        use_ema=not args.no_ema,
-    )
-    if args.low_memory:
-        pipeline.enable_encoder_offload()
-        args.decode_chunk_size = min(args.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK)
-    if args.compile:
-        pipeline.compile()
-    frames = args.frames or pipeline.config.frames
-    pipeline.check_num_frames(frames)
-    steps = args.steps or DEFAULT_STEPS
-    return pipeline, inputs, frames, steps, precision
-
-
-def generate(pipeline, inputs, args, *, frames: int, steps: int, precision: str) -> int:
-    from tqdm.auto import tqdm
-
-    from models.inference_io import BackgroundWriter
-    from models.pipeline import sample_generator
-    from models.profiling import memory_kind, peak_memory_mb, reset_peak_memory
-
-    record = dict(
-        frames=frames,
-        fps=args.fps,
-        seed=args.seed,
-        sampler=args.sampler,
-        steps=steps,
-        checkpoint=str(args.pretrained_model),
-        preprocessing=pipeline.encoders.preprocessing,
-        precision=precision,
-        weights_dtype=str(pipeline.dtype).removeprefix("torch."),
-        low_memory=args.low_memory,
-    )
-    failures, written = [], []
-    bar = tqdm(total=len(inputs) * args.num_of_vid, desc="videos", unit="video", disable=args.no_progress)
-
-    def write_batch(videos, batch, record):
-        for video, job in zip(videos, batch):
-            written.append(write_outputs(video, job, args, record))
-            bar.update()
-
-    # mp4 encoding of one batch overlaps the denoising of the next
-    with BackgroundWriter() as writer:
-        for batch in batches(iter_jobs(inputs, args, pipeline.image_size, frames, failures, tqdm.write), args.batch_size):
-            if batch is None:
-                bar.update(args.num_of_vid)
-                continue
-            reset_peak_memory(pipeline.device)
-            generators = [sample_generator(args.seed, job["input_index"], job["sample_index"]) for job in batch]
-            videos = pipeline(
-                torch.stack([job["image"] for job in batch]),
-                num_frames=frames,
-                sampler=args.sampler,
-                steps=steps,
-                generator=generators,
-                precision=precision,
-                decode_chunk_size=args.decode_chunk_size,
-                progress=not args.no_progress,
-            )
-            peak = {memory_kind(pipeline.device) + "_mb": round(peak_memory_mb(pipeline.device), 1)}
-            writer.submit(write_batch, videos, batch, {**record, **peak})
-    bar.close()
-    print(f"wrote {len(written)} video(s) to {args.output_dir}")
-    if failures:
-        print(f"{len(failures)} input(s) failed: " + ", ".join(str(p) for p in failures), file=sys.stderr)
+    print(f"wrote {written} video(s) to {args.output_dir}")
+    if failed:
+        print(f"{len(failed)} input(s) failed: " + ", ".join(str(r.item.path) for r in failed), file=sys.stderr)
         return 1
     return 0
 

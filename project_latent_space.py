@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from models.cli import positive_int, run_command
+from models.config import PRECISIONS, PREPROCESSING_MODES, PRESETS
 from models.distributed import add_local_rank_argument
 
 
@@ -25,10 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fashion_dataset/train", help="folder of videos to project")
     parser.add_argument("--output_dir", default="fashion_dataset_tensor", help="folder for the tensors and manifest")
-    parser.add_argument("--preset", default="paper", help="model preset giving the default frames, size, VAE and "
-                        "preprocessing: 'paper' (70 frames, 640x512) or 'tiny' (8 frames, 64x48)")  # fmt: skip
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="model preset giving the default "
+                        "frames, size, VAE and preprocessing: 'paper' (70 frames, 640x512), 'tiny' (8, 64x48)")  # fmt: skip
     parser.add_argument("--vae", default=None, help="VAE (hub id or local folder); default: the preset's")
-    parser.add_argument("--preprocessing", choices=("legacy", "standard"), default=None,
+    parser.add_argument("--preprocessing", choices=PREPROCESSING_MODES, default=None,
                         help="VAE input range: 'legacy' ([0, 1], what the released checkpoint was trained on) or "
                         "'standard' ([-1, 1]); default: the preset's (legacy for paper)")  # fmt: skip
     parser.add_argument("--frames", type=positive_int, default=None, help="frames per clip; default: the preset's (70)")
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                         help="frame size in pixels; default: the preset's latent size times the VAE's downscale")  # fmt: skip
     parser.add_argument("--device", default="auto", help="'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', ...")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                         help="VAE precision (fp32 as the original; fp16/bf16 are faster on a GPU)")  # fmt: skip
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_local_rank_argument(parser)
@@ -47,34 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.projection import project
+
     args = build_parser().parse_args(argv)
-
-    from models.config import get_preset
-    from models.data import merge_manifests
-    from models.distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
-    from models.projection import ProjectionSummary, load_vae_encoders, project_dataset
-
-    config = get_preset(args.preset)
-    preprocessing = args.preprocessing or config.preprocessing
-    vae = args.vae or config.vae
-    env = setup_distributed(args.device, args.local_rank)
-    try:
-        encoders = load_vae_encoders(vae, preprocessing=preprocessing, device=env.device, precision=args.precision)
-        size = args.size or [n * encoders.downscale for n in config.latent_size]
-        summary = project_dataset(
-            args.dataset, args.output_dir, encoders, frames=args.frames or config.frames,
-            clips_per_video=args.clips_per_video, seed=args.seed, batch_size=args.batch_size, size=size,
-            preprocessing=preprocessing, vae=vae, rank=env.rank, world_size=env.world_size,
-            progress=not args.no_progress,
-        )  # fmt: skip
-        total = ProjectionSummary.merge(all_gather_objects(summary))
-        barrier()
-        if env.is_main:
-            merge_manifests(args.output_dir)
-            print(total.report())
-        return total.exit_code
-    finally:
-        cleanup_distributed()
+    summary = project(
+        args.dataset, args.output_dir, preset=args.preset, vae=args.vae, preprocessing=args.preprocessing,
+        frames=args.frames, clips_per_video=args.clips_per_video, seed=args.seed, batch_size=args.batch_size,
+        size=args.size, device=args.device, precision=args.precision, local_rank=args.local_rank,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    return summary.exit_code
 
 
 if __name__ == "__main__":

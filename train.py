@@ -17,6 +17,7 @@ import dataclasses
 import sys
 
 from models.cli import run_command
+from models.config import PRECISIONS, PREPROCESSING_MODES, PRESETS
 from models.distributed import add_local_rank_argument
 
 HELP = {
@@ -54,7 +55,7 @@ HELP = {
     "progress": "show a progress bar on rank 0",
     "export_safetensors": "also write <output_dir>/final.safetensors at the end",
 }
-CHOICES = {"preset": ("paper", "tiny"), "preprocessing": ("legacy", "standard"), "precision": ("fp32", "bf16", "fp16")}
+CHOICES = {"preset": sorted(PRESETS), "preprocessing": PREPROCESSING_MODES, "precision": sorted(PRECISIONS)}
 TYPES = {"str": str, "int": int, "float": float}
 
 

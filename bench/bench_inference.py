@@ -5,7 +5,7 @@
     python bench/bench_inference.py --preset paper --frames 70 --device cuda --vae <dir> --clip <dir> \
         --checkpoint checkpoint/FashionFlow_checkpoint.pth --dataset fashion_dataset/test
 
-"Original" = 1000-step ancestral DDPM, fp32, each frame decoded on its own (SPEC "Sampling"). "Ours" =
+"Original" = 1000-step ancestral DDPM, fp32, each frame decoded on its own (docs/ORIGINAL.md, "Sampling"). "Ours" =
 the pipeline's default sampler and steps, chunked decode, `--precision`. Both go through
 `FashionFlowPipeline` with the same per-video generators, so they start from the same noise. Reported:
 seconds per video (each video alone, batch 1) and the speed-up; per-frame PSNR/SSIM of every candidate

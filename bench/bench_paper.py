@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.checkpoint import build_models  # noqa: E402
-from models.config import get_preset  # noqa: E402
+from models.config import DEFAULT_FPS, PRECISIONS, get_preset  # noqa: E402
 from models.diffusion import NoiseSchedule, make_scheduler, sample_latents  # noqa: E402
 from models.encoders import FrozenEncoders  # noqa: E402
 from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, ORIGINAL_STEPS, FashionFlowPipeline  # noqa: E402
@@ -55,7 +55,7 @@ from models.video_io import write_mp4  # noqa: E402
 
 SECTIONS = ("inference", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")  # compiling ones last
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
-HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+HALF = {name: dtype for name, dtype in PRECISIONS.items() if name != "fp32"}
 ORIGINAL_UNET = "original: fp32 weights (under fp16 autocast on a GPU)"
 
 
@@ -229,7 +229,7 @@ def phases_of_one_video(
         with timed(dev, times, "vae_decode_timed_part"):
             video = pipeline.decode_latents(frames, chunk, precision=decode_precision or precision)[0]
         with tempfile.TemporaryDirectory() as tmp, timed(dev, times, "mp4_timed_part"):
-            write_mp4(video, Path(tmp) / "video.mp4", fps=25)
+            write_mp4(video, Path(tmp) / "video.mp4")
     # the first call pays for cuDNN autotuning: the median is the steady state
     call = statistics.median(calls[1:] if len(calls) > 2 else calls)
     per_frame_decode = times["vae_decode_timed_part"] / decode_frames
@@ -310,7 +310,7 @@ def section_inference(bench: Bench) -> dict:
             if result[k] > 0
         }
     speedup = original["total"] / (ours["end_to_end"]["latency"] if "end_to_end" in ours else ours["total"])
-    return {"ours": ours, "original": original, "speedup": speedup, "video_seconds": bench.frames / 25}
+    return {"ours": ours, "original": original, "speedup": speedup, "video_seconds": bench.frames / DEFAULT_FPS}
 
 
 def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None = None) -> dict:

@@ -3,7 +3,7 @@
     python bench/bench_projection.py                                        # CPU, tiny VAE (a few minutes)
     python bench/bench_projection.py --device cuda --vae CompVis/stable-diffusion-v1-4 --preprocessing legacy
 
-The original's approach, as SPEC describes it: for each of the clip's frames, seek the capture to that frame
+The original's approach, as docs/ORIGINAL.md describes it: for each of the clip's frames, seek the capture to that frame
 (`CAP_PROP_POS_FRAMES`) and read one frame, then encode the frames one VAE call each. Ours is
 models/projection.py: sequential decoding of only the frames needed, batched VAE calls, decoding overlapped
 with encoding. Both use the same VAE, frame size, clip length and start frames, and write the same files.
@@ -30,10 +30,12 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
-from models.checkpoint import atomic_torch_save  # noqa: E402
+from models.config import PRECISIONS, PREPROCESSING_MODES  # noqa: E402
 from models.data import read_manifest  # noqa: E402
 from models.distributed import pick_device  # noqa: E402
-from models.projection import load_vae_encoders, project_dataset  # noqa: E402
+from models.encoders import FrozenEncoders  # noqa: E402
+from models.files import atomic_torch_save  # noqa: E402
+from models.projection import project_dataset  # noqa: E402
 from models.tiny_components import save_tiny_encoders  # noqa: E402
 from models.video_io import count_frames, frames_to_tensor, read_video_frames, resize_frame, write_mp4  # noqa: E402
 
@@ -101,9 +103,9 @@ def bench_set(folder: Path, encoders, work: Path, args, settings: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", default=None, help="VAE (hub id or folder); default: a tiny random one (CPU bench)")
-    parser.add_argument("--preprocessing", choices=("legacy", "standard"), default="legacy", help="VAE input range")
+    parser.add_argument("--preprocessing", choices=PREPROCESSING_MODES, default="legacy", help="VAE input range")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="VAE precision")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="VAE precision")
     parser.add_argument("--frames", type=int, default=70, help="frames per clip (the paper's 70)")
     parser.add_argument("--size", type=int, nargs=2, default=[640, 512], metavar=("H", "W"), help="frame size")
     parser.add_argument("--batch_size", type=int, default=8, help="frames per VAE call in our projection")
@@ -118,7 +120,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         vae = args.vae or save_tiny_encoders(work / "encoders")[0]
-        encoders = load_vae_encoders(vae, preprocessing=args.preprocessing, device=device, precision=args.precision)
+        encoders = FrozenEncoders.from_pretrained(
+            vae=vae, clip=None, preprocessing=args.preprocessing, device=device, dtype=PRECISIONS[args.precision]
+        )
         encoders.encode_frames(torch.rand(args.batch_size, 3, *args.size))  # warm-up: kernels, allocator
         settings = {"preprocessing": args.preprocessing, "vae": str(vae)}
         sets = make_video_sets(work, args.copies, args.long_frames)

@@ -32,10 +32,10 @@ def measure(args) -> dict:
     import torch
 
     from models.checkpoint import build_models
-    from models.config import get_preset
+    from models.config import PRECISIONS, get_preset
     from models.diffusion import NoiseSchedule
     from models.distributed import pick_device
-    from models.training import PRECISIONS, TrainingObjective
+    from models.training import TrainingObjective
 
     device = pick_device(args.device)
     torch.manual_seed(0)

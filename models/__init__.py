@@ -1,14 +1,16 @@
 """FashionFlow: one still fashion photo to a short video (latent video diffusion).
 
-Light modules are imported eagerly; those that pull in diffusers/transformers load on first use.
+Every name below loads its module on first use, so importing one light module (video I/O, data, files) never
+pulls in the networks, diffusers or transformers.
 """
 
-from .adapter import EmbeddingAdapter
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig, get_preset
-from .unet import SpaceTimeUnet
-
 _LAZY = {
+    "EmbeddingAdapter": "adapter",
+    "SpaceTimeUnet": "unet",
+    "ModelConfig": "config",
+    "get_preset": "config",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
     "preprocess_clip": "encoders",
     "FrozenEncoders": "encoders",
     "load_vae": "encoders",
@@ -26,4 +28,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EmbeddingAdapter", "ModelConfig", "SpaceTimeUnet", "get_preset", "load_checkpoint", "save_checkpoint", *_LAZY]
+__all__ = list(_LAZY)

@@ -18,22 +18,15 @@ say why rather than pass on torch's advice to switch that protection off.
 from __future__ import annotations
 
 import codecs
-import glob
 import json
-import os
-import pickle
-import re
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .adapter import EmbeddingAdapter
 from .config import ModelConfig
-from .outputs import fit_name, name_max
+from .files import CheckpointError, atomic_torch_save, atomic_write, load_weights_only, unreadable_reason
 from .unet import SpaceTimeUnet
 
 FORMAT = "fashionflow"
@@ -42,67 +35,6 @@ VERSION = 1
 RELEASED_CHECKPOINT_URL = (
     "https://www.dropbox.com/scl/fi/p9fv7o3j7ti0yu2umsgmv/FashionFlow_checkpoint.pth?rlkey=mqsto9i4ujh6xhvab0e2s6n7d&dl=1"
 )
-
-
-class CheckpointError(ValueError):
-    pass
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file holds pickled Python objects, whose loading could run any code: refused."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-TEMP_SUFFIX = ".tmp"
-TEMP_RANDOM_CHARS = 8  # what mkstemp puts between prefix and suffix
-
-
-def _temp_prefix(path: Path) -> str:
-    """`.<name>.`, with `<name>` shortened so that the whole temporary name fits wherever `path`'s name does."""
-    room = name_max(path.parent) - len(".." + TEMP_SUFFIX) - TEMP_RANDOM_CHARS
-    return f".{fit_name(path.name, room)}."
-
-
-def leftover_temp_files(path) -> list[Path]:
-    """Temporary files of `atomic_write(path, ...)` calls that a killed process left behind."""
-    path = Path(path)
-    pattern = glob.escape(_temp_prefix(path)) + "*" + TEMP_SUFFIX
-    return sorted(path.parent.glob(pattern))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_torch_save(obj, path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _strip_module_prefix(state: dict) -> dict:
@@ -151,35 +83,6 @@ def refuse_non_checkpoint(path: Path) -> None:
         )
 
 
-def _unreadable_reason(error: Exception) -> str:
-    if isinstance(error, EOFError):
-        return "the file is empty or cut short"
-    if isinstance(error, pickle.UnpicklingError | KeyError):
-        return "not a PyTorch file, or a corrupt one"
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def load_weights_only(path, map_location="cpu", *, what: str, fix: str):
-    """`torch.load(path, weights_only=True)`; a failure raises CheckpointError naming `what`, `path`, why, and `fix`.
-
-    A file holding pickled objects raises UnsafeCheckpointError: loading them would run code the file chooses.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        # torch names the refused object "GLOBAL module.name" and suggests weights_only=False, which we never pass on
-        refused = re.search(r"GLOBAL ([\w.]+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
-        if refused:
-            raise UnsafeCheckpointError(
-                f"refusing to load {what} {path}: it holds pickled Python objects ({refused[1]}), not just tensors, and "
-                "unpickling them would run whatever code the file names (arbitrary code execution). If you trust "
-                "its source, load it there and save only the tensors (`torch.save(model.state_dict(), PATH)` or a "
-                ".safetensors export), then pass that file"
-            ) from None
-        raise CheckpointError(f"cannot read {what} {path}: {_unreadable_reason(error)}; {fix}") from error
-
-
 def read_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint file of either format into a dict with `net`, `adapter`, `config` (ModelConfig) and `format`."""
     path = Path(path)
@@ -219,7 +122,7 @@ def _read_safetensors(path: Path, map_location) -> dict:
         config = json.loads(meta["config"]) if meta.get("format") == FORMAT and "config" in meta else None
     except Exception as error:  # safetensors' own error type, or a config that is not JSON
         raise CheckpointError(
-            f"cannot read {path}: not a complete .safetensors file ({_unreadable_reason(error)}); export it again "
+            f"cannot read {path}: not a complete .safetensors file ({unreadable_reason(error)}); export it again "
             "(train.py --export_safetensors) or copy it again"
         ) from error
     if config is None:
@@ -265,15 +168,27 @@ def build_models(config: ModelConfig) -> tuple[SpaceTimeUnet, EmbeddingAdapter]:
     return SpaceTimeUnet(config), EmbeddingAdapter(config)
 
 
+def load_weights(unet: nn.Module, adapter: nn.Module, weights: dict, *, path, what: str = "") -> None:
+    """Load `weights['net']` and `weights['adapter']` (a checkpoint, or its EMA) strictly into built models."""
+    load_state_strict(unet, weights["net"], what=f"{what}SpaceTimeUnet", path=path)
+    load_state_strict(adapter, weights["adapter"], what=f"{what}EmbeddingAdapter", path=path)
+
+
+def models_from_checkpoint(ckpt: dict, *, path, use_ema: bool = True, config: ModelConfig | None = None):
+    """`(unet, adapter, config)` built from a read checkpoint's config (or `config`) and loaded with its EMA
+    weights when it has them and `use_ema`, else its live ones; in eval mode, on the CPU."""
+    config = config or ckpt["config"]
+    unet, adapter = build_models(config)
+    load_weights(unet, adapter, ckpt["ema"] if use_ema and isinstance(ckpt.get("ema"), dict) else ckpt, path=path)
+    return unet.eval(), adapter.eval(), config
+
+
 def load_checkpoint(path, map_location="cpu", *, use_ema: bool = True, config_overrides: dict | None = None):
-    """Build and load `(unet, adapter, config)` from a checkpoint of either format (EMA weights when present)."""
+    """Build and load `(unet, adapter, config)` from a checkpoint file of either format (EMA weights when present)."""
     ckpt = read_checkpoint(path, map_location)
     config = ckpt["config"].replace(**(config_overrides or {}))
-    weights = ckpt["ema"] if use_ema and isinstance(ckpt.get("ema"), dict) else ckpt
-    unet, adapter = build_models(config)
-    load_state_strict(unet, weights["net"], what="SpaceTimeUnet", path=path)
-    load_state_strict(adapter, weights["adapter"], what="EmbeddingAdapter", path=path)
-    return unet.to(map_location).eval(), adapter.to(map_location).eval(), config
+    unet, adapter, config = models_from_checkpoint(ckpt, path=path, use_ema=use_ema, config=config)
+    return unet.to(map_location), adapter.to(map_location), config
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -9,14 +9,31 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 DEFAULT_VAE = "CompVis/stable-diffusion-v1-4"
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 PREPROCESSING_MODES = ("legacy", "standard")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_FPS = 25  # the dataset's frame rate: 70 frames play in 2.8 s
+
+
+def check_preprocessing(mode: str) -> str:
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING_MODES}, got {mode!r}")
+    return mode
+
+
+def check_precision(precision: str, flag: str = "precision") -> torch.dtype:
+    """The torch dtype of a precision name, or a ValueError naming `flag` and the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{flag} must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 @dataclass
 class ModelConfig:
-    # SpaceTimeUnet (SPEC "Denoiser"): make-a-video-pytorch's pseudo-3D UNet as FashionFlow built it
+    # SpaceTimeUnet (docs/ORIGINAL.md, "Denoiser"): make-a-video-pytorch's pseudo-3D UNet as FashionFlow built it
     dim: int = 64
     channels: int = 4
     dim_mult: tuple[int, ...] = (1, 2, 4, 8)
@@ -50,8 +67,7 @@ class ModelConfig:
                 "dim_mult, self_attns, temporal_compression and resnet_block_depths need one entry per level; got "
                 f"{self.dim_mult}, {self.self_attns}, {self.temporal_compression}, {self.resnet_block_depths}"
             )
-        if self.preprocessing not in PREPROCESSING_MODES:
-            raise ValueError(f"preprocessing must be one of {PREPROCESSING_MODES}, got {self.preprocessing!r}")
+        check_preprocessing(self.preprocessing)
 
     @property
     def frame_multiple(self) -> int:

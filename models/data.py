@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import atomic_write, leftover_temp_files, load_weights_only
+from .files import atomic_write, leftover_temp_files, load_weights_only
 
 MANIFEST_NAME = "manifest.jsonl"
 RANK_MANIFEST_GLOB = "manifest.rank*.jsonl"
-LEGACY_PREPROCESSING = "legacy"  # what the original's projection fed the VAE (SPEC "Legacy pixel range")
+LEGACY_PREPROCESSING = "legacy"  # what the original's projection fed the VAE (docs/ORIGINAL.md, "Legacy pixel range")
 
 
 def clip_files(root, name: str) -> tuple[Path, Path]:

@@ -1,6 +1,6 @@
 """Noise schedule, training objective and samplers.
 
-The schedule is the original's (SPEC "Diffusion"): 1000 betas rising from 1e-4 to 0.02 along a half
+The schedule is the original's (docs/ORIGINAL.md, "Diffusion"): 1000 betas rising from 1e-4 to 0.02 along a half
 cosine. Sampling goes through diffusers schedulers built with those betas (`trained_betas`), so any
 step count works; frame 0 holds the clean latent of the input photo throughout (local conditioning).
 

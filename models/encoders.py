@@ -1,4 +1,4 @@
-"""The frozen encoders (SPEC "Frozen encoders"): the Stable Diffusion VAE, the CLIP vision tower, and how pixels
+"""The frozen encoders (docs/ORIGINAL.md, "Frozen encoders"): the Stable Diffusion VAE, the CLIP vision tower, and how pixels
 are fed to them.
 
 `preprocessing` picks the pixel mapping:
@@ -24,7 +24,7 @@ from einops import rearrange
 from PIL import Image
 from torch import nn
 
-from .config import DEFAULT_CLIP, DEFAULT_VAE, PREPROCESSING_MODES
+from .config import DEFAULT_CLIP, DEFAULT_VAE, check_preprocessing
 from .standins import STANDIN_WARNING, is_standin
 
 if TYPE_CHECKING:
@@ -36,11 +36,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class EncoderNotFoundError(FileNotFoundError):
     """A frozen encoder is neither a local directory, nor in the Hugging Face cache, nor reachable on the hub."""
-
-
-def _check_mode(mode: str):
-    if mode not in PREPROCESSING_MODES:
-        raise ValueError(f"preprocessing must be one of {PREPROCESSING_MODES}, got {mode!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -201,7 +196,7 @@ def preprocess_clip(images: torch.Tensor, mode: str, size: int = 224) -> torch.T
     truncates to uint8 for PIL, resizes, divides by 255, then rescales by 1/255 again before normalising.
     'standard' is CLIPImageProcessor given uint8 images: rounded to uint8, resized, divided by 255 once.
     """
-    _check_mode(mode)
+    check_preprocessing(mode)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"preprocess_clip expects images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
     # float32 as the original's tensors were: x * 255 in float32 is what its truncation saw
@@ -218,36 +213,45 @@ def preprocess_clip(images: torch.Tensor, mode: str, size: int = 224) -> torch.T
 # ---------------------------------------------------------------------------------------------------- encoders
 
 
+def vae_downscale(vae_config) -> int:
+    """Pixels per latent along each side: every VAE level but the last halves the resolution (SD: 8)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def image_size_for(latent_size, downscale: int) -> tuple[int, int]:
+    """(H, W) of the frames whose VAE latents are `latent_size` (h, w): the one place pixels and latents meet."""
+    return tuple(n * downscale for n in latent_size)
+
+
 class FrozenEncoders(nn.Module):
     """The VAE and CLIP vision tower, frozen, with the pixel mapping of `preprocessing` ('legacy' or 'standard').
 
     Pixels in and out are float [0, 1] tensors [N, 3, H, W]; latents are VAE samples times the VAE's scaling
-    factor, [N, C, H / downscale, W / downscale].
+    factor, [N, C, H / downscale, W / downscale]. `clip` may be None where only the VAE is needed (projection).
     """
 
-    def __init__(self, vae, clip, *, preprocessing: str = "legacy"):
+    def __init__(self, vae, clip=None, *, preprocessing: str = "legacy"):
         super().__init__()
-        _check_mode(preprocessing)
+        self.preprocessing = check_preprocessing(preprocessing)
         self.vae = vae.requires_grad_(False).eval()
-        self.clip = clip.requires_grad_(False).eval()
-        self.preprocessing = preprocessing
+        self.clip = clip.requires_grad_(False).eval() if clip is not None else None
 
     @classmethod
     def from_pretrained(
         cls, *, vae=DEFAULT_VAE, clip=DEFAULT_CLIP, preprocessing: str = "legacy", device="cpu", dtype=torch.float32
     ) -> FrozenEncoders:
-        _check_mode(preprocessing)
+        """Load the VAE and (unless `clip` is None) the CLIP vision tower from hub ids or local folders."""
         return cls(
             load_vae(vae, device=device, dtype=dtype),
-            load_clip(clip, device=device, dtype=dtype),
+            load_clip(clip, device=device, dtype=dtype) if clip is not None else None,
             preprocessing=preprocessing,
         )
 
     @classmethod
-    def from_config(cls, config, **kwargs) -> FrozenEncoders:
-        """From a ModelConfig's `vae`, `clip` and `preprocessing`; keyword arguments override them."""
-        kwargs = dict(vae=config.vae, clip=config.clip, preprocessing=config.preprocessing) | kwargs
-        return cls.from_pretrained(**kwargs)
+    def from_config(cls, config, *, vae=None, clip=None, with_clip: bool = True, **kwargs) -> FrozenEncoders:
+        """The encoders a ModelConfig names (`vae` / `clip` override them, e.g. from --vae / --clip flags)."""
+        clip = (clip or config.clip) if with_clip else None
+        return cls.from_pretrained(vae=vae or config.vae, clip=clip, preprocessing=config.preprocessing, **kwargs)
 
     def train(self, mode: bool = True) -> FrozenEncoders:
         return super().train(False)  # frozen: stays in eval mode inside a module being trained
@@ -266,23 +270,32 @@ class FrozenEncoders(nn.Module):
 
     @property
     def downscale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_downscale(self.vae.config)
+
+    def image_size(self, latent_size) -> tuple[int, int]:
+        return image_size_for(latent_size, self.downscale)
 
     @property
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
 
     @property
+    def clip_config(self):
+        if self.clip is None:
+            raise ValueError("these encoders were loaded without CLIP (only the VAE); load them with a CLIP model")
+        return self.clip.config
+
+    @property
     def clip_size(self) -> int:
-        return int(self.clip.config.image_size)
+        return int(self.clip_config.image_size)
 
     @property
     def context_tokens(self) -> int:
-        return (self.clip.config.image_size // self.clip.config.patch_size) ** 2 + 1  # patches + class token
+        return (self.clip_config.image_size // self.clip_config.patch_size) ** 2 + 1  # patches + class token
 
     @property
     def context_dim(self) -> int:
-        return int(self.clip.config.hidden_size)
+        return int(self.clip_config.hidden_size)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         if height % self.downscale or width % self.downscale:
@@ -293,13 +306,19 @@ class FrozenEncoders(nn.Module):
         return height // self.downscale, width // self.downscale
 
     def check_config(self, config):
-        """Raise ValueError if a ModelConfig's context or latent channels disagree with these encoders."""
-        mine = (self.context_tokens, self.context_dim, self.latent_channels)
-        theirs = (config.context_tokens, config.context_dim, config.channels)
-        if mine != theirs:
+        """Raise ValueError if a ModelConfig's CLIP tokens, their width or the latent channels disagree with these
+        encoders (without a CLIP, only the latent channels are compared)."""
+        found, expected = [self.latent_channels], [config.channels]
+        if self.clip is not None:
+            found, expected = (
+                [self.context_tokens, self.context_dim, *found],
+                [config.context_tokens, config.context_dim, *expected],
+            )
+        if found != expected:
+            what = "CLIP tokens, their width and latent channels" if self.clip is not None else "latent channels"
             raise ValueError(
-                f"the encoders give (context_tokens, context_dim, latent_channels) = {mine} but the model config "
-                f"expects {theirs}; pass the VAE and CLIP the model was trained with (--vae, --clip)"
+                f"the encoders give {found} ({what}) but the model expects {expected}: pass the VAE and CLIP the model "
+                "was trained with (--vae, --clip), or the --preset that matches these encoders"
             )
 
     def _to_vae_range(self, frames: torch.Tensor) -> torch.Tensor:
@@ -313,7 +332,7 @@ class FrozenEncoders(nn.Module):
         """`tensor` on the encoders' device and dtype, laid out contiguously: every VAE and CLIP input passes here.
 
         torch's CPU GroupNorm loses precision on channels-last input whose group mean is large against its spread
-        (SPEC, "Details found by comparing"), and a strided view such as `frames_to_tensor`'s is exactly that.
+        (docs/ORIGINAL.md, "Details found by comparing"), and a strided view such as `frames_to_tensor`'s is exactly that.
         """
         return tensor.to(device=self.device, dtype=self.dtype, memory_format=torch.contiguous_format)
 
@@ -343,18 +362,32 @@ class FrozenEncoders(nn.Module):
         return self.sample_latents(self.encode_posterior(frames, chunk_size=chunk_size), generator)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, *, chunk_size: int = 8) -> torch.Tensor:
-        """Scaled latents [N, C, h, w] -> frames [N, 3, h * downscale, w * downscale] in [0, 1]."""
+    def decode_latents(
+        self, latents: torch.Tensor, *, chunk_size: int = 8, pad_last_chunk: bool = False, to_cpu: bool = False
+    ) -> torch.Tensor:
+        """Scaled latents [N, C, h, w] -> frames [N, 3, h * downscale, w * downscale] in [0, 1], `chunk_size` a call.
+
+        `pad_last_chunk` decodes a short last chunk padded to full size (a compiled decoder then sees one shape
+        and compiles once); `to_cpu` moves each chunk's frames to the CPU as float32, so the accelerator holds
+        one chunk of pixels at a time.
+        """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"decode_latents expects latents [N, {self.latent_channels}, h, w], got shape {tuple(latents.shape)}"
             )
-        latents = self._network_input(latents) / self.latent_scale
-        decoded = [self.vae.decode(chunk).sample for chunk in latents.split(chunk_size)]
-        return self._from_vae_range(torch.cat(decoded))
+        if chunk_size < 1:
+            raise ValueError(f"decode chunk size must be >= 1, got {chunk_size}")
+        frames = []
+        for chunk in (self._network_input(latents) / self.latent_scale).split(chunk_size):
+            count = len(chunk)
+            if pad_last_chunk and count < chunk_size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(chunk_size - count, -1, -1, -1)])
+            pixels = self._from_vae_range(self.vae.decode(chunk).sample[:count])
+            frames.append(pixels.float().cpu() if to_cpu else pixels)
+        return torch.cat(frames)
 
     @torch.no_grad()
     def encode_clip(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> CLIP last_hidden_state [B, context_tokens, context_dim]."""
-        pixel_values = preprocess_clip(images, self.preprocessing, size=self.clip_size)
+        pixel_values = preprocess_clip(images, self.preprocessing, size=self.clip_size)  # raises without a CLIP
         return self.clip(pixel_values=self._network_input(pixel_values)).last_hidden_state

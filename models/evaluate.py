@@ -37,9 +37,9 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
-from .checkpoint import atomic_write
 from .cli import run_command
 from .feature_nets import MissingWeightsError, download_weights, load_i3d, load_inception, load_lpips, resolve_weights
+from .files import atomic_write
 from .metrics import FeatureStats, frechet_distance_from_stats, psnr, ssim
 from .scoring import ScoredFrames
 from .video_io import iter_video_frames, resize_frame

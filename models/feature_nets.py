@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .checkpoint import load_weights_only
+from .files import load_weights_only
 
 WEIGHTS_DIR_ENV = "FASHIONFLOW_METRIC_WEIGHTS"
 

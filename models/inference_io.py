@@ -15,8 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .checkpoint import atomic_write
-from .outputs import fit_name
+from .files import atomic_write, fit_name
 from .video_io import not_a_file_reason
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")

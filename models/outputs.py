@@ -7,14 +7,11 @@ the work before; so every output folder is created and written to once up front.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
 import tempfile
 from pathlib import Path
-
-DEFAULT_NAME_MAX = 255  # bytes per file name on ext4, XFS, btrfs, APFS, ZFS
 
 
 class OutputLocationError(ValueError):
@@ -23,25 +20,6 @@ class OutputLocationError(ValueError):
 
 class RunLockedError(ValueError):
     """Another training run holds the output folder's lock; the message names its host and pid."""
-
-
-def name_max(directory) -> int:
-    """The longest file name, in bytes, that `directory`'s filesystem accepts."""
-    try:
-        return os.pathconf(directory, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), a missing folder, or no limit reported
-        return DEFAULT_NAME_MAX
-
-
-def fit_name(name: str, max_bytes: int) -> str:
-    """`name` when it fits in `max_bytes` (as the filesystem encodes it); else its start plus 8 hex digits of its
-    hash, so that two long names that share a start stay distinct."""
-    encoded = os.fsencode(name)
-    if len(encoded) <= max_bytes:
-        return name
-    digest = hashlib.sha256(encoded).hexdigest()[:8]
-    start = encoded[: max_bytes - len(digest) - 1].decode(errors="ignore")  # never half a multi-byte character
-    return f"{start}-{digest}"
 
 
 def ensure_writable_dir(path, flag: str) -> Path:

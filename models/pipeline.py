@@ -23,8 +23,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .checkpoint import build_models, load_state_strict, read_checkpoint
-from .config import ModelConfig, get_preset
+from .checkpoint import models_from_checkpoint, read_checkpoint
+from .config import PRECISIONS, ModelConfig, check_precision, get_preset
 from .diffusion import make_scheduler, sample_latents
 
 # Fast default, chosen by bench/bench_inference.py (bench/results/inference_cpu.md): ancestral DDPM over 25
@@ -32,9 +32,8 @@ from .diffusion import make_scheduler, sample_latents
 # while the deterministic DDIM and DPM-Solver++ lost 1.5 to 2 dB at any step count from 10 to 50.
 DEFAULT_SAMPLER = "ddpm"
 DEFAULT_STEPS = 25
-# The original's procedure (SPEC "Sampling"): ancestral DDPM over all 1000 steps.
+# The original's procedure (docs/ORIGINAL.md, "Sampling"): ancestral DDPM over all 1000 steps.
 ORIGINAL_SAMPLER, ORIGINAL_STEPS = "ddpm", 1000
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # --low_memory's decode chunk: measured in bench/bench_paper.py to keep a 70-frame 640x512 video under 12 GB
 LOW_MEMORY_DECODE_CHUNK = 2
 
@@ -47,8 +46,7 @@ def sample_generator(seed: int, *indices: int) -> torch.Generator:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision actually used: fp16 autocast is a CUDA feature, so on other devices fp16 runs as fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if precision == "fp16" and device.type != "cuda":
         warnings.warn(f"fp16 autocast needs CUDA; running fp32 on {device.type} instead (bf16 also works there)", stacklevel=3)
         return "fp32"
@@ -114,15 +112,10 @@ class FashionFlowPipeline:
             warnings.warn(f"ignoring preset {preset!r}: checkpoint {path} records its own model config", stacklevel=2)
         if preprocessing is not None:
             config = config.replace(preprocessing=preprocessing)
-        weights = ckpt["ema"] if use_ema and isinstance(ckpt.get("ema"), dict) else ckpt
-        unet, adapter = build_models(config)
-        load_state_strict(unet, weights["net"], what="SpaceTimeUnet", path=path)
-        load_state_strict(adapter, weights["adapter"], what="EmbeddingAdapter", path=path)
-        del ckpt, weights
-        encoders = FrozenEncoders.from_pretrained(
-            vae=vae or config.vae, clip=clip or config.clip, preprocessing=config.preprocessing
-        )
-        pipeline = cls(unet.eval().requires_grad_(False), adapter.eval().requires_grad_(False), encoders, config)
+        unet, adapter, config = models_from_checkpoint(ckpt, path=path, use_ema=use_ema, config=config)
+        del ckpt
+        encoders = FrozenEncoders.from_config(config, vae=vae, clip=clip)
+        pipeline = cls(unet.requires_grad_(False), adapter.requires_grad_(False), encoders, config)
         return pipeline.to(device, dtype)
 
     @property
@@ -153,8 +146,7 @@ class FashionFlowPipeline:
     def enable_encoder_offload(self, enabled: bool = True) -> FashionFlowPipeline:
         """Keep the VAE and CLIP in CPU memory and bring them to the accelerator only while they work."""
         self.offload_encoders = enabled
-        if enabled:
-            self.encoders.to("cpu")
+        self.encoders.to("cpu" if enabled else self.device)
         return self
 
     @contextlib.contextmanager
@@ -173,8 +165,7 @@ class FashionFlowPipeline:
     @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) of input photos and output frames: the latent size times the VAE's spatial factor."""
-        h, w = self.config.latent_size
-        return h * self.encoders.downscale, w * self.encoders.downscale
+        return self.encoders.image_size(self.config.latent_size)
 
     def check_num_frames(self, num_frames: int) -> None:
         multiple = self.config.frame_multiple
@@ -195,7 +186,7 @@ class FashionFlowPipeline:
     def image_latents(self, image: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """`image [1, 3, H, W]` -> (the adapter's VAE latent, the clean frame-0 latent), each [1, C, h, w].
 
-        'legacy' draws the posterior twice, in this order, as the original's inference did (SPEC, "Details found
+        'legacy' draws the posterior twice, in this order, as the original's inference did (docs/ORIGINAL.md, "Details found
         by comparing"); 'standard' draws once, so the adapter sees the very latent that frame 0 is held to.
         """
         posterior = self.encoders.encode_posterior(image)
@@ -255,17 +246,10 @@ class FashionFlowPipeline:
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8, *, precision: str = "fp32") -> torch.Tensor:
         """[B, C, F, h, w] -> frames [B, F, 3, H, W] in [0, 1] on the CPU, `chunk_size` frames per VAE call."""
-        if chunk_size < 1:
-            raise ValueError(f"decode chunk size must be >= 1, got {chunk_size}")
         flat = rearrange(latents, "b c f h w -> (b f) c h w")
-        frames = []
         with self.encoders_on_device() as encoders, autocast(self.device, precision, encoders.dtype):
-            for chunk in flat.split(chunk_size):
-                count = len(chunk)
-                if self.static_decode_shapes and count < chunk_size:  # one shape: a compiled decoder compiles once
-                    chunk = torch.cat([chunk, chunk[-1:].expand(chunk_size - count, -1, -1, -1)])
-                frames.append(encoders.decode_latents(chunk, chunk_size=chunk_size)[:count].float().cpu())
-        return rearrange(torch.cat(frames), "(b f) c h w -> b f c h w", b=len(latents))
+            frames = encoders.decode_latents(flat, chunk_size=chunk_size, pad_last_chunk=self.static_decode_shapes, to_cpu=True)
+        return rearrange(frames, "(b f) c h w -> b f c h w", b=len(latents))
 
     @torch.inference_mode()
     def __call__(

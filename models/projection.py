@@ -1,7 +1,7 @@
 """Projecting a folder of videos to VAE latents (the on-disk layout is described in models/data.py).
 
 Per video: the container's frame count is only a hint for where clips start; frames are decoded sequentially
-(never seeked: SPEC defect 2) and only those inside the chosen clips are resized and kept. Each clip is encoded
+(never seeked: docs/ORIGINAL.md, "Defects" 2) and only those inside the chosen clips are resized and kept. Each clip is encoded
 in batches of frames, its tensors are written atomically, then its manifest line is appended, so an interrupted
 run resumes by running it again. Decoding the next video overlaps with encoding the current one.
 Broken videos are skipped with their reason; anything unexpected is reported and counted as a failure.
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save, leftover_temp_files
 from .data import append_manifest_entry, clip_files, manifest_path, read_manifest
-from .outputs import ensure_writable_dir, name_max
+from .files import atomic_torch_save, leftover_temp_files, name_max
+from .outputs import ensure_writable_dir
 from .video_io import (
     VideoReadError,
     count_frames,
@@ -268,21 +268,6 @@ class _Projector:
         return name
 
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def load_vae_encoders(vae, *, preprocessing: str, device="cpu", precision: str = "fp32"):
-    """FrozenEncoders holding only the VAE (`vae`: hub id or local folder, as `--vae`): projection needs no CLIP."""
-    from torch import nn
-
-    from .encoders import FrozenEncoders, load_vae
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    # nn.Identity stands in for the CLIP tower, which encode_frames never touches
-    return FrozenEncoders(load_vae(vae, device=device, dtype=PRECISIONS[precision]), nn.Identity(), preprocessing=preprocessing)
-
-
 def _failure(error: BaseException) -> str:
     frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
     where = f" (at {Path(frame[0].filename).name}:{frame[0].lineno})" if frame else ""
@@ -361,3 +346,51 @@ def project_dataset(
                     pending = start_decoding(pool, i + 1)
             bar.update(1)
     return summary
+
+
+def project(
+    dataset_dir,
+    output_dir,
+    *,
+    preset: str = "paper",
+    vae: str | None = None,
+    preprocessing: str | None = None,
+    frames: int | None = None,
+    clips_per_video: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    size: Sequence[int] | None = None,
+    device: str | None = "auto",
+    precision: str = "fp32",
+    local_rank: int | None = None,
+    progress: bool = True,
+) -> ProjectionSummary:
+    """What `project_latent_space.py` does, alone or as one rank of several: load the preset's VAE (or `vae`),
+    project this rank's share, merge the manifests and print the summary on rank 0; returns the total summary.
+    Defaults (frames, size, VAE, preprocessing) come from the preset."""
+    from .config import check_precision, get_preset
+    from .data import merge_manifests
+    from .distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
+    from .encoders import FrozenEncoders
+
+    config = get_preset(preset, **({"preprocessing": preprocessing} if preprocessing else {}))
+    vae = vae or config.vae
+    env = setup_distributed(device, local_rank)
+    try:
+        # projection needs only the VAE
+        encoders = FrozenEncoders.from_config(
+            config, vae=vae, with_clip=False, device=env.device, dtype=check_precision(precision)
+        )
+        summary = project_dataset(
+            dataset_dir, output_dir, encoders, frames=frames or config.frames, clips_per_video=clips_per_video,
+            seed=seed, batch_size=batch_size, size=size or encoders.image_size(config.latent_size),
+            preprocessing=config.preprocessing, vae=vae, rank=env.rank, world_size=env.world_size, progress=progress,
+        )  # fmt: skip
+        total = ProjectionSummary.merge(all_gather_objects(summary))
+        barrier()
+        if env.is_main:
+            merge_manifests(output_dir)
+            print(total.report())
+        return total
+    finally:
+        cleanup_distributed()

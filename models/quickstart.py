@@ -7,8 +7,10 @@ Stages, each through the code path a paper-scale run uses, each skipped on a rer
 1. a seeded synthetic fashion-video dataset (models/synthetic.py) in the `fashion_dataset/{train,test}` layout;
 2. tiny real encoders: an `AutoencoderKL` fitted briefly to the training frames and a `CLIPVisionModel`,
    written with `save_pretrained` and loaded back through `--vae` / `--clip` like the real ones;
-3. `project_latent_space.py`, `train.py` (tiny preset, TensorBoard, checkpoints, sample videos) and
-   `inference.py` on the held-out test stills, for the trained model and for an untrained one;
+3. projection, training (tiny preset, TensorBoard, checkpoints, sample videos) and animation of the held-out
+   test stills, for the trained model and for an untrained one, through the package functions that
+   `project_latent_space.py`, `train.py` and `inference.py` call (`projection.project`, `training.train`,
+   `animate.animate`);
 4. a report (`report.md`, `report.json` beside the videos): PSNR/SSIM against the ground truth, garment
    colour error and motion magnitude, for trained, untrained and a static copy of the input frame.
 The exit status is 1 when the trained model does not clearly beat the untrained one or moves implausibly.
@@ -17,7 +19,6 @@ The exit status is 1 when the trained model does not clearly beat the untrained 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -32,7 +33,6 @@ import torch
 
 from .scoring import ScoredFrames, mean_psnr_ssim
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("trained", "untrained", "static")
 MOTION_RANGE = (0.25, 4.0)  # generated / ground-truth motion counted as plausible
 CLEAR_MARGIN_DB = 1.0  # how much higher the trained model's PSNR must be than the untrained one's
@@ -79,23 +79,10 @@ class QuickstartConfig:
 
 def _tiny_image_size() -> tuple[int, int]:
     from .config import get_preset
+    from .encoders import image_size_for, vae_downscale
     from .tiny_components import tiny_vae_config
 
-    downscale = 2 ** (len(tiny_vae_config()["block_out_channels"]) - 1)
-    return tuple(n * downscale for n in get_preset("tiny").latent_size)
-
-
-def _load_script(name: str):
-    """One of the top-level scripts (train.py, ...) as a module, so its `main(argv)` runs in this process."""
-    spec = importlib.util.spec_from_file_location(f"fashionflow_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run_script(name: str, argv: list[str]):
-    print(f"\n$ python {name}.py " + " ".join(argv), flush=True)
-    return _load_script(name).main(argv)
+    return image_size_for(get_preset("tiny").latent_size, vae_downscale(tiny_vae_config()))
 
 
 def _save_pretrained_atomically(model, directory: Path) -> None:
@@ -189,17 +176,21 @@ def build_encoders(cfg: QuickstartConfig, train_videos: list[Path], size) -> dic
     return info
 
 
-# ---- stages 3-5: the project's scripts
+# ---- stages 3-5: what the project's three scripts do, through the package functions they call
 
 
 def project(cfg: QuickstartConfig) -> Path:
+    """What `project_latent_space.py --preset tiny` does, on the training videos."""
+    from .projection import project as project_videos
+
     latents = cfg.work / "fashion_dataset_tensor"
-    argv = [
-        "--dataset", str(cfg.dataset / "train"), "--output_dir", str(latents), "--preset", "tiny",
-        "--vae", str(cfg.vae_dir), "--clips_per_video", str(cfg.clips_per_video), "--seed", str(cfg.seed),
-    ] + ([] if cfg.progress else ["--no_progress"])  # fmt: skip
-    if _run_script("project_latent_space", argv) != 0:
-        raise RuntimeError("project_latent_space.py failed; see the messages above")
+    print(f"\nprojecting {cfg.dataset / 'train'} -> {latents}", flush=True)
+    summary = project_videos(
+        cfg.dataset / "train", latents, preset="tiny", vae=str(cfg.vae_dir), clips_per_video=cfg.clips_per_video,
+        seed=cfg.seed, device="cpu", progress=cfg.progress,
+    )  # fmt: skip
+    if summary.exit_code != 0:
+        raise RuntimeError("projecting the synthetic videos failed; see the summary above")
     return latents
 
 
@@ -210,16 +201,19 @@ def train(cfg: QuickstartConfig, latents: Path) -> Path:
     if latest is not None and read_checkpoint(latest).get("step", 0) >= cfg.train_steps:
         print(f"training: reusing {latest} (step >= {cfg.train_steps}; raise --train_steps to train on)")
         return latest
-    argv = [
-        "--preset", "tiny", "--dataset_vae", str(latents), "--vae", str(cfg.vae_dir), "--clip", str(cfg.clip_dir),
-        "--output_dir", str(cfg.work / "checkpoint"), "--log_dir", str(cfg.work / "video_progress"),
-        "--sample_dir", str(cfg.work / "training_sample"), "--max_steps", str(cfg.train_steps),
-        "--batch_size", str(cfg.batch_size), "--lr", str(cfg.lr), "--ema_decay", str(cfg.ema_decay),
-        "--seed", str(cfg.seed), "--checkpoint_every", str(max(cfg.train_steps // 3, 1)), "--log_every", "10",
-        "--sample_every", str(cfg.sample_every), "--num_workers", "0", "--device", "cpu",
-        "--progress" if cfg.progress else "--no-progress",
-    ]  # fmt: skip
-    summary = _run_script("train", argv)
+    from .training import TrainConfig
+    from .training import train as train_model
+
+    print(f"\ntraining the tiny preset on {latents} for {cfg.train_steps} steps", flush=True)
+    summary = train_model(
+        TrainConfig(
+            preset="tiny", dataset_vae=str(latents), vae=str(cfg.vae_dir), clip=str(cfg.clip_dir),
+            output_dir=str(cfg.work / "checkpoint"), log_dir=str(cfg.work / "video_progress"),
+            sample_dir=str(cfg.work / "training_sample"), max_steps=cfg.train_steps, batch_size=cfg.batch_size,
+            lr=cfg.lr, ema_decay=cfg.ema_decay, seed=cfg.seed, checkpoint_every=max(cfg.train_steps // 3, 1),
+            log_every=10, sample_every=cfg.sample_every, num_workers=0, device="cpu", progress=cfg.progress,
+        )
+    )  # fmt: skip
     return Path(summary["checkpoint"])
 
 
@@ -238,8 +232,10 @@ def untrained_checkpoint(cfg: QuickstartConfig, trained: Path) -> Path:
 
 
 def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path) -> list[Path]:
-    """inference.py on frame 0 of every test video; reuses videos already made from this checkpoint."""
-    from .inference_io import sample_stem
+    """What inference.py does on frame 0 of every test video; reuses videos already made from this checkpoint."""
+    from .animate import AnimateSettings, load_pipeline
+    from .animate import animate as animate_inputs
+    from .inference_io import sample_stem, video_inputs
     from .pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS
 
     tests = sorted((cfg.dataset / "test").glob("*.mp4"))
@@ -251,12 +247,15 @@ def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path) -> list[Path
 
     done = all(made_as_wanted(s) for s in sidecars)
     if not done:
-        argv = [
-            "--pretrained_model", str(checkpoint), "--dataset", str(cfg.dataset / "test"), "--output_dir", str(out_dir),
-            "--vae", str(cfg.vae_dir), "--clip", str(cfg.clip_dir), "--seed", str(cfg.seed), "--device", "cpu", "--gif",
-        ] + ([] if cfg.progress else ["--no_progress"])  # fmt: skip
-        if _run_script("inference", argv) != 0:
-            raise RuntimeError("inference.py failed; see the messages above")
+        print(f"\nanimating frame 0 of every video in {cfg.dataset / 'test'} with {checkpoint}", flush=True)
+        pipeline, precision = load_pipeline(checkpoint, vae=str(cfg.vae_dir), clip=str(cfg.clip_dir), device="cpu")
+        settings = AnimateSettings(
+            output_dir=str(out_dir), seed=cfg.seed, precision=precision, gif=True, progress=cfg.progress,
+            record=dict(checkpoint=str(checkpoint)),
+        )  # fmt: skip
+        failed = [r for r in animate_inputs(pipeline, video_inputs(cfg.dataset / "test"), settings) if not r.ok]
+        if failed:
+            raise RuntimeError("animating failed for " + "; ".join(f"{r.item.path}: {r.error}" for r in failed))
     return [s.with_suffix(".mp4") for s in sidecars]
 
 

@@ -1,7 +1,7 @@
 """The evaluation protocol: which frames of a generated video are scored against its reference.
 
 Frame 0 of every generated video is the conditioning image itself (its clean latent is written back after every
-denoising step, SPEC "Local conditioning"), so scoring it measures the VAE round trip, not the generation. It is left
+denoising step, docs/ORIGINAL.md, "Conditioning"), so scoring it measures the VAE round trip, not the generation. It is left
 out by default; `models.evaluate`, the quickstart report and bench/bench_inference.py all score through
 `ScoredFrames` and record the choice with their results.
 """

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from einops import reduce
 
+from .config import DEFAULT_FPS
 from .video_io import write_mp4
 
 GARMENTS = ("dress", "top_skirt")
@@ -344,7 +345,7 @@ def make_synthetic_dataset(
     n_test: int = 4,
     frames: int = 24,
     size: tuple[int, int] = (64, 48),
-    fps: float = 25,
+    fps: float = DEFAULT_FPS,
     seed: int = 0,
 ) -> dict:
     """Write `root/train/synthetic_XXXX.mp4` and `root/test/...` (H.264); files already there are reused.

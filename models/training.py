@@ -1,6 +1,6 @@
 """Training: `TrainConfig` (every default in one block) and `train(cfg)` (one loop).
 
-Faithful by default to the original (SPEC "Training setup"): per-GPU batch 2, AdamW lr 1e-4 and weight
+Faithful by default to the original (docs/ORIGINAL.md, "Training setup"): per-GPU batch 2, AdamW lr 1e-4 and weight
 decay 0.01, 2500 epochs, fp32, no gradient clipping, constant learning rate, the frame-conditioned
 eps objective with CLIP + VAE-latent context. What the original lacked is added around it: a seeded
 per-rank generator for every random draw, `set_epoch` each epoch, EMA weights, atomic resumable
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import math
 import os
@@ -36,17 +35,17 @@ from .checkpoint import (
     atomic_write,
     build_models,
     checkpoint_candidates,
-    load_state_strict,
+    load_weights,
     read_checkpoint,
     save_checkpoint,
     unwrap,
 )
-from .config import ModelConfig, get_preset
+from .config import DEFAULT_FPS, PRECISIONS, ModelConfig, check_precision, get_preset
 from .diffusion import NoiseSchedule, frame_conditioned_loss
 from .distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
 from .outputs import RunLock, ensure_writable_dir
+from .video_io import encode_gif, write_mp4
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_PREFIX = "step_"
 
 
@@ -63,7 +62,7 @@ class TrainConfig:
     vae: str | None = None  # where the frozen encoders are loaded from (default: the model config's ids)
     clip: str | None = None
     frames: int | None = None  # clip length taken from each projected video; default: the model config's
-    # optimisation (SPEC "Training setup")
+    # optimisation (docs/ORIGINAL.md, "Training setup")
     batch_size: int = 2  # per process
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -157,8 +156,7 @@ class EMA:
         return {"net": self.unet.state_dict(), "adapter": self.adapter.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict, *, path) -> None:
-        load_state_strict(self.unet, state["net"], what="EMA SpaceTimeUnet", path=path)
-        load_state_strict(self.adapter, state["adapter"], what="EMA EmbeddingAdapter", path=path)
+        load_weights(self.unet, self.adapter, state, path=path, what="EMA ")
         self.updates = int(state.get("updates", 0))
 
 
@@ -217,8 +215,7 @@ def claim_outputs(cfg: TrainConfig):
 
 
 def check_config(cfg: TrainConfig, env: DistEnv) -> None:
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"--precision {cfg.precision!r}: choose one of {sorted(PRECISIONS)}")
+    check_precision(cfg.precision, "--precision")
     if cfg.precision == "fp16" and env.device.type == "cpu":
         raise ValueError("--precision fp16 needs a GPU (CPU autocast runs in bf16); use --precision bf16 or fp32 on CPU")
     for name in ("batch_size", "grad_accum", "log_every"):
@@ -244,7 +241,7 @@ def model_config_for(cfg: TrainConfig, ckpt: dict | None) -> ModelConfig:
     return config
 
 
-def open_dataset(cfg: TrainConfig, config: ModelConfig, downscale: int):
+def open_dataset(cfg: TrainConfig, config: ModelConfig, image_size: tuple[int, int]):
     """The projected clips, each checked against the model's latent shape and the images its VAE encodes."""
     from .data import LatentVideoDataset
 
@@ -256,19 +253,8 @@ def open_dataset(cfg: TrainConfig, config: ModelConfig, downscale: int):
         frames=frames,
         preprocessing=config.preprocessing,
         latent_shape=(config.channels, *config.latent_size),
-        image_size=tuple(n * downscale for n in config.latent_size),
+        image_size=image_size,
     )
-
-
-def check_encoders(encoders, config: ModelConfig) -> None:
-    expected = (config.context_tokens, config.context_dim, config.channels)
-    found = (encoders.context_tokens, encoders.context_dim, encoders.latent_channels)
-    if found != expected:
-        raise ValueError(
-            f"the encoders (--vae {config.vae} / --clip {config.clip}) give {found[0]} CLIP tokens of width {found[1]} "
-            f"and {found[2]} latent channels, but the model expects {expected[0]}x{expected[1]} and {expected[2]}; "
-            "pick the --preset that matches these encoders"
-        )
 
 
 def collect_rng_states(generator: torch.Generator, device: torch.device) -> dict:
@@ -318,28 +304,20 @@ def point_latest(output_dir: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def add_gif(writer, tag: str, video: torch.Tensor, step: int, *, fps: int = 25) -> None:
-    """Animated GIF of `video` [f, 3, h, w] in [0, 1] as a TensorBoard image.
-
-    tensorboardX's add_video needs moviepy only to make this GIF; PIL makes it here.
-    """
-    from PIL import Image
+def add_gif(writer, tag: str, video: torch.Tensor, step: int, *, fps: int = DEFAULT_FPS) -> None:
+    """Animated GIF of `video` [f, 3, h, w] in [0, 1] as a TensorBoard image (TensorBoard plays GIF images;
+    tensorboardX's add_video would need moviepy only to make the same GIF)."""
     from tensorboardX.proto.summary_pb2 import Summary
 
-    frames = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    images = [Image.fromarray(frame) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    h, w = frames.shape[1:3]
-    image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=buffer.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    h, w = video.shape[-2:]
+    image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=encode_gif(video, fps=fps, name=tag))
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 @torch.no_grad()
 def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: ModelConfig, image, step: int) -> Path:
     """A video from one training image with the project's pipeline: TensorBoard GIF and an mp4 in `sample_dir`."""
     from .pipeline import FashionFlowPipeline
-    from .video_io import write_mp4
 
     was_training = unet.training, adapter.training
     unet.eval(), adapter.eval()
@@ -356,7 +334,7 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
     unet.train(was_training[0]), adapter.train(was_training[1])
     writer.add_image("sample/input", image.clamp(0, 1).cpu(), step)
     add_gif(writer, "sample/video", video[0], step)
-    return write_mp4(video[0], Path(cfg.sample_dir) / f"step_{step:07d}.mp4", fps=25)
+    return write_mp4(video[0], Path(cfg.sample_dir) / f"step_{step:07d}.mp4")
 
 
 def train(cfg: TrainConfig, *, local_rank: int | None = None) -> dict:
@@ -391,8 +369,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     torch.manual_seed(cfg.seed)
     unet, adapter = build_models(config)
     if ckpt is not None:
-        load_state_strict(unet, ckpt["net"], what="SpaceTimeUnet", path=resume_path)
-        load_state_strict(adapter, ckpt["adapter"], what="EmbeddingAdapter", path=resume_path)
+        load_weights(unet, adapter, ckpt, path=resume_path)  # the live weights; the EMA's are restored below
     unet.enable_gradient_checkpointing(cfg.grad_checkpointing)
     objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(dev).train()
     model = objective
@@ -411,13 +388,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     )
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
     ema = EMA(unet, adapter, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    encoders = FrozenEncoders.from_pretrained(
-        vae=cfg.vae or config.vae, clip=cfg.clip or config.clip, preprocessing=config.preprocessing, device=dev
-    )
-    check_encoders(encoders, config)
+    encoders = FrozenEncoders.from_config(config, vae=cfg.vae, clip=cfg.clip, device=dev)
+    encoders.check_config(config)
 
     # ---- data: one sampler code path, distributed or not
-    dataset = open_dataset(cfg, config, encoders.downscale)
+    dataset = open_dataset(cfg, config, encoders.image_size(config.latent_size))
     sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed)
     loader = DataLoader(
         dataset,

@@ -6,6 +6,7 @@ are uint8 numpy arrays `[H, W, 3]` RGB. Sizes are always `(height, width)`.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -18,9 +19,9 @@ import torch
 from einops import rearrange
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoint import atomic_write
+from .config import DEFAULT_FPS
+from .files import atomic_write
 
-IMAGE_SIZE = (640, 512)  # SPEC: frames and photos are 640 (height) x 512 (width)
 RESIZE_MODES = ("resize", "crop")
 
 
@@ -278,7 +279,7 @@ def _center_crop_box(width: int, height: int, aspect: float) -> tuple[float, flo
     return 0.0, top, float(width), top + crop_h
 
 
-def load_image(path, *, size: Sequence[int] | None = IMAGE_SIZE, resize_mode: str = "resize") -> torch.Tensor:
+def load_image(path, *, size: Sequence[int] | None, resize_mode: str = "resize") -> torch.Tensor:
     """Any photo -> float `[3, H, W]` in [0, 1] at `size=(H, W)` (None keeps the photo's size).
 
     Applies EXIF orientation and converts gray, alpha (composited on white), CMYK, palette and 16-bit
@@ -371,7 +372,7 @@ def _encode_h264(frames: np.ndarray, target: str, *, fps: float, crf: int) -> No
             raise RuntimeError(f"ffmpeg failed (exit {code}) writing {target}: {tail or 'no message'}")
 
 
-def write_mp4(frames, path, *, fps: float = 25, crf: int = 18) -> Path:
+def write_mp4(frames, path, *, fps: float = DEFAULT_FPS, crf: int = 18) -> Path:
     """Write an H.264 (yuv420p, faststart) mp4 that browsers and phones play, atomically.
 
     `frames`: float `[F, 3, H, W]` in [0, 1] or uint8 `[F, H, W, 3]`. Odd sizes are edge-padded to even.
@@ -383,16 +384,20 @@ def write_mp4(frames, path, *, fps: float = 25, crf: int = 18) -> Path:
     return atomic_write(path, lambda tmp: _encode_h264(pixels, tmp, fps=fps, crf=crf))
 
 
-def write_gif(frames, path, *, fps: float = 25) -> Path:
-    """Write a looping GIF (frames as for write_mp4), atomically. GIF delays are in 10 ms steps."""
+def encode_gif(frames, *, fps: float = DEFAULT_FPS, name="gif") -> bytes:
+    """A looping GIF of `frames` (as for write_mp4) in memory; `name` labels errors. GIF delays are in 10 ms steps."""
     if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps} for {path}")
-    images = [Image.fromarray(frame) for frame in _video_frames_uint8(frames, path)]
+        raise ValueError(f"fps must be positive, got {fps} for {name}")
+    images = [Image.fromarray(frame) for frame in _video_frames_uint8(frames, name)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
+    return buffer.getvalue()
 
-    def save(tmp: str) -> None:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
 
-    return atomic_write(path, save)
+def write_gif(frames, path, *, fps: float = DEFAULT_FPS) -> Path:
+    """Write a looping GIF (frames as for write_mp4), atomically."""
+    data = encode_gif(frames, fps=fps, name=path)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_png_frames(frames, directory, prefix: str = "frame") -> list[Path]:

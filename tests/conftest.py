@@ -47,3 +47,31 @@ def filler(reference_dir):
 @pytest.fixture
 def pickle_trap(tmp_path) -> PickleTrap:
     return PickleTrap(tmp_path / "pickled_code_ran")
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Tiny real encoders, one tiny model saved in both checkpoint formats, and two short dataset videos."""
+    import torch
+
+    from models.checkpoint import build_models, save_checkpoint, save_released_format
+    from models.config import get_preset
+    from models.tiny_components import save_tiny_encoders
+    from models.video_io import write_mp4
+
+    root = tmp_path_factory.mktemp("parts")
+    vae, clip = save_tiny_encoders(root / "encoders")
+    config = get_preset("tiny", vae=str(vae), clip=str(clip))
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    dataset = root / "dataset"
+    for i in range(2):
+        write_mp4(torch.rand(6, 3, 40, 30, generator=torch.Generator().manual_seed(i)), dataset / f"clip{i}.mp4", fps=25)
+    return dict(
+        root=root,
+        vae=str(vae),
+        clip=str(clip),
+        dataset=dataset,
+        ours=save_checkpoint(root / "ours.pth", unet, adapter, config),
+        released=save_released_format(root / "released.pth", unet, adapter),
+    )

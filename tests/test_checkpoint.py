@@ -5,9 +5,8 @@ import random
 import signal
 import subprocess
 import sys
-from pathlib import Path
-
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +15,13 @@ from traps import assert_refused_and_explained
 from models import EmbeddingAdapter, SpaceTimeUnet, get_preset, load_checkpoint
 from models.checkpoint import (
     RELEASED_CHECKPOINT_URL,
-    CheckpointError,
-    UnsafeCheckpointError,
-    atomic_torch_save,
     export_safetensors,
     latest_checkpoint,
-    leftover_temp_files,
     read_checkpoint,
     save_checkpoint,
     save_released_format,
 )
-from models.outputs import name_max
+from models.files import CheckpointError, UnsafeCheckpointError, atomic_torch_save, leftover_temp_files, name_max
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,7 +209,7 @@ def test_temporary_files_fit_beside_the_longest_legal_name(tmp_path, stem):
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from models.checkpoint import atomic_write
+from models.files import atomic_write
 
 def write_half_then_die(tmp):
     with open(tmp, "wb") as f:

@@ -193,7 +193,10 @@ def test_encoder_sizes_come_from_the_model_configs(encoders):
     tiny = get_preset("tiny")
     enc.check_config(tiny)
     assert enc.latent_size(64, 48) == tiny.latent_size
-    with pytest.raises(ValueError, match="context_tokens"):
+    with pytest.raises(
+        ValueError,
+        match=r"give \[17, 32, 4\] \(CLIP tokens, their width and latent channels\) but the model expects \[50, 768, 4\]",
+    ):
         enc.check_config(get_preset("paper"))
     with pytest.raises(ValueError, match="65x48"):
         enc.latent_size(65, 48)

@@ -12,7 +12,6 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from traps import assert_refused_and_explained
 
-from models.checkpoint import UnsafeCheckpointError
 from models.evaluate import main, pair_videos, read_sidecar
 from models.feature_nets import (
     LPIPS,
@@ -25,6 +24,7 @@ from models.feature_nets import (
     load_lpips,
     resolve_weights,
 )
+from models.files import UnsafeCheckpointError
 from models.metrics import FeatureStats, frechet_distance, psnr, ssim
 from models.video_io import read_video_frames, write_mp4
 

@@ -14,35 +14,9 @@ from PIL import Image
 from traps import assert_refused_and_explained
 
 import inference
-from models.checkpoint import build_models, save_checkpoint, save_released_format
-from models.config import get_preset
 from models.pipeline import DEFAULT_SAMPLER
-from models.video_io import write_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    from models.tiny_components import save_tiny_encoders
-
-    root = tmp_path_factory.mktemp("inference")
-    vae, clip = save_tiny_encoders(root / "encoders")
-    config = get_preset("tiny", vae=str(vae), clip=str(clip))
-    torch.manual_seed(0)
-    unet, adapter = build_models(config)
-    dataset = root / "dataset"
-    for i in range(2):
-        frames = torch.rand(6, 3, 40, 30, generator=torch.Generator().manual_seed(i))
-        write_mp4(frames, dataset / f"clip{i}.mp4", fps=25)
-    return dict(
-        root=root,
-        vae=str(vae),
-        clip=str(clip),
-        dataset=dataset,
-        ours=save_checkpoint(root / "ours.pth", unet, adapter, config),
-        released=save_released_format(root / "released.pth", unet, adapter),
-    )
 
 
 def read_back(path: Path):

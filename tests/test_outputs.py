@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from models.outputs import OutputLocationError, RunLock, RunLockedError, ensure_writable_dir, fit_name
+from models.files import fit_name
+from models.outputs import OutputLocationError, RunLock, RunLockedError, ensure_writable_dir
 
 
 def test_long_names_shortened_to_fit_stay_distinct():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import inference
-from models.checkpoint import build_models, save_checkpoint
+from models.checkpoint import build_models
 from models.config import get_preset
 from models.inference_io import BackgroundWriter
 from models.pipeline import FashionFlowPipeline, sample_generator
@@ -57,18 +57,6 @@ def test_loading_a_standin_folder_says_its_outputs_are_noise(tmp_path):
         load_clip(clip_dir)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from models.tiny_components import save_tiny_encoders
-
-    root = tmp_path_factory.mktemp("paper_scale")
-    vae, clip = save_tiny_encoders(root / "encoders")
-    config = get_preset("tiny", vae=str(vae), clip=str(clip))
-    torch.manual_seed(0)
-    unet, adapter = build_models(config)
-    return dict(root=root, checkpoint=save_checkpoint(root / "ours.pth", unet, adapter, config))
-
-
 def test_half_precision_weights_compute_what_the_originals_autocast_did():
     """bf16 weights give exactly fp32 weights under bf16 autocast, the original's way of running half precision:
     the timestep sinusoids stay fp32 (bf16 cannot even hold t = 999) and every op sees the same dtypes."""
@@ -87,11 +75,11 @@ def test_half_precision_weights_compute_what_the_originals_autocast_did():
     assert 0 < (half.float() - reference).norm() / reference.norm() < 0.15  # half precision, not garbage
 
 
-def test_pipeline_in_bf16_weights_stays_close_to_fp32(tiny):
+def test_pipeline_in_bf16_weights_stays_close_to_fp32(parts):
     images = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(1))
     videos = {}
     for dtype in (torch.float32, torch.bfloat16):
-        pipe = FashionFlowPipeline.from_checkpoint(tiny["checkpoint"], device="cpu", dtype=dtype)
+        pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], device="cpu", dtype=dtype)
         assert pipe.dtype == dtype and pipe.encoders.dtype == dtype
         videos[dtype] = pipe(images, num_frames=4, steps=2, generator=[sample_generator(0, 0, 0)], progress=False)
     from models.metrics import psnr
@@ -100,8 +88,8 @@ def test_pipeline_in_bf16_weights_stays_close_to_fp32(tiny):
     assert psnr(videos[torch.bfloat16], videos[torch.float32]).min() > 25
 
 
-def test_offloaded_encoders_and_padded_decode_chunks_change_nothing(tiny):
-    pipe = FashionFlowPipeline.from_checkpoint(tiny["checkpoint"], device="cpu")
+def test_offloaded_encoders_and_padded_decode_chunks_change_nothing(parts):
+    pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], device="cpu")
     images = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(2))
 
     def video(**kw):
@@ -114,23 +102,23 @@ def test_offloaded_encoders_and_padded_decode_chunks_change_nothing(tiny):
     pipe.enable_encoder_offload(False)
     pipe.static_decode_shapes = True  # what compile() sets: 8 frames in chunks of 3 decode as 3 + 3 + (2 + 1 pad)
     calls = []
-    decode = pipe.encoders.decode_latents
-    pipe.encoders.decode_latents = lambda z, **kw: calls.append(len(z)) or decode(z, **kw)
+    decode = pipe.encoders.vae.decode
+    pipe.encoders.vae.decode = lambda z, **kw: calls.append(len(z)) or decode(z, **kw)
     try:
         padded = video(decode_chunk_size=3)
     finally:
-        del pipe.encoders.decode_latents
+        del pipe.encoders.vae.decode
         pipe.static_decode_shapes = False
     assert calls == [3, 3, 3]
     assert torch.allclose(padded, reference, atol=1e-5)
 
 
-def test_low_memory_inference_records_its_peak_in_the_sidecar(tiny, tmp_path):
+def test_low_memory_inference_records_its_peak_in_the_sidecar(parts, tmp_path):
     photo = tmp_path / "look.png"
     from PIL import Image
 
     Image.new("RGB", (48, 64), (20, 120, 200)).save(photo)
-    args = ["--pretrained_model", str(tiny["checkpoint"]), "--image", str(photo), "--output_dir", str(tmp_path / "o"),
+    args = ["--pretrained_model", str(parts["ours"]), "--image", str(photo), "--output_dir", str(tmp_path / "o"),
             "--steps", "2", "--frames", "4", "--low_memory", "--no_progress", "--num_of_vid", "2"]  # fmt: skip
     assert inference.main(args) == 0
     for k in range(2):

@@ -3,24 +3,10 @@
 import pytest
 import torch
 
-from models.checkpoint import build_models, save_checkpoint, save_released_format
+from models.checkpoint import build_models
 from models.config import get_preset
 from models.diffusion import make_scheduler
 from models.pipeline import FashionFlowPipeline, resolve_precision, sample_generator
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    from models.tiny_components import save_tiny_encoders
-
-    root = tmp_path_factory.mktemp("pipeline")
-    vae, clip = save_tiny_encoders(root / "encoders")
-    config = get_preset("tiny", vae=str(vae), clip=str(clip))
-    torch.manual_seed(0)
-    unet, adapter = build_models(config)
-    ours = save_checkpoint(root / "ours.pth", unet, adapter, config)
-    released = save_released_format(root / "released.pth", unet, adapter)
-    return dict(root=root, vae=vae, clip=clip, ours=ours, released=released)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +73,7 @@ def test_released_and_our_format_give_the_same_video(parts, pipe):
 
 
 def test_released_format_without_preset_means_paper(parts):
-    from models.checkpoint import CheckpointError
+    from models.files import CheckpointError
 
     with pytest.raises(CheckpointError, match="does not fit the SpaceTimeUnet"):
         FashionFlowPipeline.from_checkpoint(parts["released"], vae=str(parts["vae"]), clip=str(parts["clip"]))

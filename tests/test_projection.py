@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from models.data import LatentVideoDataset, merge_manifests, read_manifest
-from models.projection import choose_starts, load_vae_encoders, project_dataset
+from models.encoders import FrozenEncoders
+from models.projection import choose_starts, project_dataset
 from models.tiny_components import build_tiny_vae, save_tiny_encoders
 from models.video_io import read_video_frames, write_mp4
 from project_latent_space import main
@@ -136,7 +137,7 @@ def test_projected_latents_equal_the_originals_projection_of_a_real_clip(good_vi
     folder = tmp_path / "videos"
     folder.mkdir()
     shutil.copy(good_videos / "blue01.mp4", folder / "blue01.mp4")
-    encoders = load_vae_encoders(vae_dir, preprocessing="legacy")
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="legacy")
     # batch_size 1 encodes frame by frame as the original did; batching only reorders float32 sums (~5e-5 of the scale)
     summary = project_dataset(folder, tmp_path / "out", encoders, frames=2, batch_size=1, size=(640, 512),
                               preprocessing="legacy", vae=str(vae_dir), progress=False)  # fmt: skip
@@ -218,7 +219,7 @@ class FailingOnce:
 
 
 def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path):
-    encoders = FailingOnce(load_vae_encoders(vae_dir, preprocessing="standard"))
+    encoders = FailingOnce(FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard"))
     summary = project_dataset(good_videos, tmp_path, encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
     assert list(summary.failed) == ["blue01.mp4"] and "RuntimeError: device lost" in summary.failed["blue01.mp4"]
@@ -227,7 +228,7 @@ def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_pat
 
 
 def test_ranks_split_the_videos_with_the_same_result(good_videos, vae_dir, tmp_path):
-    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
     options = dict(frames=8, size=SIZE, preprocessing="standard", vae=str(vae_dir), progress=False)
     single = project_dataset(good_videos, tmp_path / "one", encoders, **options)
     parts = [project_dataset(good_videos, tmp_path / "two", encoders, rank=r, world_size=2, **options) for r in (0, 1)]
@@ -249,7 +250,7 @@ def test_clashing_output_names_are_skipped(good_videos, vae_dir, tmp_path):
     folder.mkdir()
     shutil.copy(good_videos / "blue01.mp4", folder / "blue01.mp4")
     shutil.copy(good_videos / "blue01.mp4", folder / "blue01.mov")
-    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
     summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
     assert summary.projected == ["blue01"]
@@ -281,7 +282,7 @@ def test_user_errors_print_one_message_without_a_traceback(good_videos, vae_dir,
     base = [sys.executable, "project_latent_space.py", "--dataset", str(good_videos), "--preset", "tiny", "--vae", str(vae_dir)]
     for extra, expected in [
         (["--output_dir", str(not_a_folder)], f"project_latent_space.py: error: --output_dir {not_a_folder} is a file"),
-        (["--output_dir", str(tmp_path / "out"), "--preset", "huge"], "project_latent_space.py: error: unknown preset 'huge'"),
+        (["--output_dir", str(tmp_path / "out"), "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
         (["--output_dir", str(tmp_path / "out"), "--frames", "0"], "argument --frames: expected an integer >= 1, got 0"),
     ]:
         run = subprocess.run([*base, *extra, "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -339,7 +340,7 @@ def test_long_names_and_entries_that_are_not_videos_are_reported(good_videos, va
     shutil.copy(good_videos / "blue01.mp4", folder / f"{too_long}.mp4")
     (folder / "folder.mp4").mkdir()
     (folder / "loop.mp4").symlink_to("loop.mp4")
-    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
     summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
     assert summary.projected == [fits] and summary.failed == {}

@@ -24,8 +24,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from models.checkpoint import CheckpointError, UnsafeCheckpointError, build_models, read_checkpoint  # noqa: E402
+from models.checkpoint import build_models, read_checkpoint  # noqa: E402
 from models.config import get_preset  # noqa: E402
+from models.files import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from models.outputs import OutputLocationError  # noqa: E402
 from models.training import TrainConfig, train, weights_digest  # noqa: E402
 

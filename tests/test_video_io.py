@@ -231,10 +231,12 @@ def test_read_arguments_are_checked(tmp_path):
 
 # --- photos ----------------------------------------------------------------------------------
 
+PAPER_SIZE = (640, 512)  # the paper's frames: 80x64 latents of the SD VAE (8x)
+
 
 def test_load_sample_photo(samples_dir):
     photo = sorted((samples_dir / "images").glob("*.jpg"))[0]
-    image = load_image(photo)
+    image = load_image(photo, size=PAPER_SIZE)
     assert image.shape == (3, 640, 512) and image.dtype == torch.float32
     with Image.open(photo) as pil:
         expected = np.asarray(pil.convert("RGB").resize((512, 640), Image.BILINEAR))
@@ -278,10 +280,10 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_tiny_and_huge_images(tmp_path):
     Image.fromarray(np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 10).save(tmp_path / "tiny.png")
-    assert load_image(tmp_path / "tiny.png").shape == (3, 640, 512)
+    assert load_image(tmp_path / "tiny.png", size=PAPER_SIZE).shape == (3, 640, 512)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(tmp_path / "huge.bmp")
-    huge = load_image(tmp_path / "huge.bmp", resize_mode="crop")
+    huge = load_image(tmp_path / "huge.bmp", size=PAPER_SIZE, resize_mode="crop")
     assert huge.shape == (3, 640, 512)
     assert abs(huge.mean().item() - 0.5) < 0.01
 
@@ -311,7 +313,7 @@ def test_bad_images_raise(tmp_path, name):
         Image.new("RGB", (200, 200), (10, 200, 30)).save(path, quality=95)
         path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(ImageReadError) as excinfo:
-        load_image(path)
+        load_image(path, size=PAPER_SIZE)
     assert excinfo.value.path == path
     assert str(path) in str(excinfo.value) and "JPEG, PNG" in str(excinfo.value)
 
@@ -319,7 +321,7 @@ def test_bad_images_raise(tmp_path, name):
 def test_load_image_checks_arguments(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     with pytest.raises(ValueError, match="resize_mode"):
-        load_image(tmp_path / "a.png", resize_mode="stretch")
+        load_image(tmp_path / "a.png", size=PAPER_SIZE, resize_mode="stretch")
     with pytest.raises(ValueError, match="size"):
         load_image(tmp_path / "a.png", size=(0, 4))
 
