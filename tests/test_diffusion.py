@@ -103,3 +103,82 @@ def test_bad_sampler_arguments():
         make_scheduler("euler", 10)
     with pytest.raises(ValueError, match="steps must be between 1 and 1000"):
         make_scheduler("ddim", 0)
+
+
+# ---------------------------------------------------------------------------------------------------- absolute values
+# Expectations below are computed from SPEC "Diffusion" written out in plain Python (float64), never from the
+# NoiseSchedule under test, so a schedule shifted or bent inside the code cannot agree with them by construction.
+
+
+def spec_betas() -> list[float]:
+    """SPEC: for i = 999, 998, ..., 0 in that order, beta = 1e-4 + 0.5 * (0.02 - 1e-4) * (1 + cos(pi * i / 999))."""
+    return [1e-4 + 0.5 * (0.02 - 1e-4) * (1 + math.cos(math.pi * i / 999)) for i in range(999, -1, -1)]
+
+
+def spec_alphas_cumprod() -> list[float]:
+    products, running = [], 1.0
+    for beta in spec_betas():
+        running *= 1 - beta
+        products.append(running)
+    return products
+
+
+def test_alphas_cumprod_is_the_cumulative_product_of_the_papers_alphas():
+    expected = torch.tensor(spec_alphas_cumprod(), dtype=torch.float64)
+    schedule = NoiseSchedule()
+    assert schedule.alphas_cumprod.shape == (1000,)
+    torch.testing.assert_close(schedule.alphas_cumprod.double(), expected, rtol=2e-5, atol=0)
+    # the two ends by hand: one step of beta = 1e-4, and the product over all 1000 steps
+    assert schedule.alphas_cumprod[0].item() == pytest.approx(0.9999, rel=1e-7)
+    assert schedule.alphas_cumprod[-1].item() == pytest.approx(4.0020e-5, rel=1e-3)
+
+
+def test_alphas_cumprod_agrees_with_diffusers_ddpm_scheduler():
+    from diffusers import DDPMScheduler
+
+    reference = DDPMScheduler(num_train_timesteps=1000, trained_betas=spec_betas())
+    torch.testing.assert_close(NoiseSchedule().alphas_cumprod, reference.alphas_cumprod.float(), rtol=1e-5, atol=0)
+    # and the sampler the project builds runs on those same values
+    torch.testing.assert_close(make_scheduler("ddpm", 25).alphas_cumprod, reference.alphas_cumprod, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("t", [0, 1, 500, 998, 999])
+def test_training_noise_at_t_uses_alphas_cumprod_at_t(t):
+    ac = spec_alphas_cumprod()[t]
+    x0, noise = torch.full((1, 4, 3, 2, 2), 2.0), torch.full((1, 4, 3, 2, 2), -1.0)
+    noisy = NoiseSchedule().add_noise(x0, noise, torch.tensor([t]))
+    torch.testing.assert_close(noisy, torch.full_like(x0, 2.0 * math.sqrt(ac) - math.sqrt(1 - ac)), rtol=1e-5, atol=1e-6)
+
+
+def test_training_noise_at_step_zero_by_hand():
+    # t = 0: alphas_cumprod = 1 - 1e-4, so x_t = sqrt(0.9999) x0 + 0.01 eps; a schedule off by one step would give
+    # 0.0141 (t + 1) or the fully noised end of the schedule (t - 1 wraps to 999)
+    x0, noise = torch.zeros(1, 1, 1, 1, 1), torch.ones(1, 1, 1, 1, 1)
+    assert NoiseSchedule().add_noise(x0, noise, torch.tensor([0])).item() == pytest.approx(0.01, rel=1e-4)
+    assert NoiseSchedule().add_noise(noise, x0, torch.tensor([0])).item() == pytest.approx(math.sqrt(0.9999), rel=1e-6)
+
+
+def test_loss_sees_the_spec_noisy_latents_and_the_true_timestep():
+    x0, noise = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(1)), torch.randn(2, 4, 3, 4, 4)
+    t = torch.tensor([0, 999])
+    seen = {}
+
+    def fake_unet(noisy, context, timestep):
+        seen["noisy"], seen["timestep"] = noisy, timestep
+        return torch.zeros_like(noisy)
+
+    loss = frame_conditioned_loss(fake_unet, x0, None, NoiseSchedule(), t=t, noise=noise)
+    assert seen["timestep"].tolist() == [0.0, 999.0]
+    ac = torch.tensor([spec_alphas_cumprod()[0], spec_alphas_cumprod()[999]]).view(2, 1, 1, 1, 1).float()
+    expected = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+    torch.testing.assert_close(seen["noisy"][:, :, 1:], expected[:, :, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen["noisy"][:, :, 0], x0[:, :, 0], rtol=0, atol=0)
+    # a zero prediction costs the mean squared noise of each noised frame (frame 0's target is 0): frames 1 and 2
+    torch.testing.assert_close(loss, (noise[:, :, 1] ** 2).mean() + (noise[:, :, 2] ** 2).mean())
+
+
+def test_training_timesteps_are_uniform_over_all_1000_steps():
+    t = NoiseSchedule().sample_timesteps(20_000, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and t.min().item() == 0 and t.max().item() == 999
+    counts = torch.bincount(t, minlength=1000).float()
+    assert counts.mean().item() == 20.0 and counts.std().item() < 6  # binomial(20000, 1/1000): std ~4.5
