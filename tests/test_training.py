@@ -272,3 +272,197 @@ def test_every_config_field_is_a_documented_flag():
     for field in dataclasses.fields(TrainConfig):
         assert field.name in flags and flags[field.name].help, field.name
     assert parser.parse_args([]).lr == 1e-4 and parser.parse_args([]).weight_decay == 0.01
+
+
+# ---------------------------------------------------------------------------------------------------- EMA
+# TrainConfig.ema_decay: ema = d * ema + (1 - d) * live, with d = min(decay, (1 + n) / (10 + n)) at the n-th update
+# (n counted from 0). Expectations are written from that rule and the weights, never read from the EMA object.
+
+
+def perturbed(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+
+
+def params(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def assert_params_close(module: torch.nn.Module, expected: dict) -> None:
+    actual = dict(module.named_parameters())
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_one_ema_update_follows_the_formula_with_its_warm_up():
+    from models.training import EMA
+
+    torch.manual_seed(0)
+    unet, adapter = build_models(get_preset("tiny"))
+    start_unet, start_adapter = params(unet), params(adapter)
+    ema = EMA(unet, adapter, decay=0.9999)
+    perturbed(unet, 1), perturbed(adapter, 2)
+    live_unet, live_adapter = params(unet), params(adapter)
+    ema.update(unet, adapter)
+    # first update: d = min(0.9999, (1 + 0) / (10 + 0)) = 0.1
+    assert_params_close(ema.unet, {k: 0.1 * start_unet[k] + 0.9 * live_unet[k] for k in live_unet})
+    assert_params_close(ema.adapter, {k: 0.1 * start_adapter[k] + 0.9 * live_adapter[k] for k in live_adapter})
+    # the live weights are read, not changed
+    assert_params_close(unet, live_unet)
+    # second update: d = 2 / 11
+    first = params(ema.unet)
+    perturbed(unet, 3)
+    ema.update(unet, adapter)
+    assert_params_close(ema.unet, {k: 2 / 11 * first[k] + 9 / 11 * v for k, v in params(unet).items()})
+
+
+def test_ema_decay_is_capped_by_the_configured_decay():
+    from models.training import EMA
+
+    torch.manual_seed(0)
+    unet, adapter = build_models(get_preset("tiny"))
+    start = params(unet)
+    ema = EMA(unet, adapter, decay=0.05)  # below the first warm-up value 0.1, so 0.05 applies
+    perturbed(unet, 1)
+    ema.update(unet, adapter)
+    assert_params_close(ema.unet, {k: 0.05 * start[k] + 0.95 * v for k, v in params(unet).items()})
+
+    # long into a run, (1 + n) / (10 + n) passes 0.9999 and the configured decay holds: restored from a checkpoint
+    ema = EMA(unet, adapter, decay=0.9999)
+    before = params(ema.unet)
+    ema.load_state_dict({**ema.state_dict(), "updates": 1_000_000}, path="test.pth")
+    perturbed(unet, 2)
+    ema.update(unet, adapter)
+    assert_params_close(ema.unet, {k: 0.9999 * before[k] + 0.0001 * v for k, v in params(unet).items()})
+    assert ema.state_dict()["updates"] == 1_000_001
+
+
+def test_training_updates_the_ema_by_the_formula_every_step(tmp_path, encoder_dirs):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-2, max_steps=2, checkpoint_every=1)
+    train(cfg)
+    torch.manual_seed(cfg.seed)  # the initial weights, built as a fresh run builds them
+    unet, adapter = build_models(get_preset("tiny"))
+    initial = {
+        **{f"net.{k}": v for k, v in unet.state_dict().items()},
+        **{f"adapter.{k}": v for k, v in adapter.state_dict().items()},
+    }
+
+    def live_and_ema(step):
+        ckpt = read_checkpoint(Path(cfg.output_dir) / f"step_{step:07d}.pth")
+        live = {**{f"net.{k}": v for k, v in ckpt["net"].items()}, **{f"adapter.{k}": v for k, v in ckpt["adapter"].items()}}
+        ema = {
+            **{f"net.{k}": v for k, v in ckpt["ema"]["net"].items()},
+            **{f"adapter.{k}": v for k, v in ckpt["ema"]["adapter"].items()},
+        }
+        return live, ema
+
+    live1, ema1 = live_and_ema(1)
+    live2, ema2 = live_and_ema(2)
+    assert any(not torch.equal(live1[k], initial[k]) for k in initial), "the first step did not train"
+    assert_same_weights(ema1, {k: 0.1 * initial[k] + 0.9 * live1[k] for k in initial})
+    assert_same_weights(ema2, {k: 2 / 11 * ema1[k] + 9 / 11 * live2[k] for k in initial})
+
+
+# ---------------------------------------------------------------------------------------------------- data order
+# The original never called DistributedSampler.set_epoch (SPEC defect 3): every epoch saw the same order. The
+# expected orders here come from torch's own DistributedSampler, set to each epoch.
+
+
+def reference_order(n: int, epoch: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> list[int]:
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def stream(items: list, *, batch_size: int, epoch: int = 0, start_batch: int = 0, rank: int = 0, world_size: int = 1):
+    from torch.utils.data import DataLoader
+
+    from models.training import ResumableSampler, epoch_batches
+
+    sampler = ResumableSampler(items, num_replicas=world_size, rank=rank, seed=0)
+    loader = DataLoader(items, batch_size=batch_size, sampler=sampler, drop_last=True)
+    return epoch_batches(loader, sampler, epoch=epoch, start_batch=start_batch)
+
+
+def take(batches, count: int) -> list[tuple[int, int, list[int]]]:
+    return [(epoch, index, batch.tolist()) for epoch, index, batch in (next(batches) for _ in range(count))]
+
+
+def test_each_epoch_is_a_new_order_of_the_same_items():
+    items = list(range(10))
+    got = take(stream(items, batch_size=2), 15)  # three epochs of five batches
+    assert [(e, i) for e, i, _ in got] == [(e, i) for e in range(3) for i in range(5)]
+    orders = [[x for e, _, batch in got if e == epoch for x in batch] for epoch in range(3)]
+    assert orders == [reference_order(10, epoch) for epoch in range(3)]
+    assert len({tuple(order) for order in orders}) == 3, "an epoch repeated the previous order"
+    assert all(sorted(order) == items for order in orders)
+
+
+def test_ranks_split_each_epoch_between_them():
+    items = list(range(12))
+    for epoch in range(2):
+        per_rank = []
+        for rank in range(3):
+            got = take(stream(items, batch_size=2, epoch=epoch, rank=rank, world_size=3), 2)
+            per_rank.append([x for _, _, batch in got for x in batch])
+            assert per_rank[-1] == reference_order(12, epoch, rank=rank, world_size=3)
+        assert sorted(x for order in per_rank for x in order) == items
+
+
+def test_a_resumed_stream_continues_the_interrupted_epochs_order():
+    items = list(range(10))
+    uninterrupted = take(stream(items, batch_size=2), 12)
+    # interrupted after batch 2 of epoch 1 (8 batches in): the next is batch 3 of epoch 1
+    resumed = take(stream(items, batch_size=2, epoch=1, start_batch=3), 4)
+    assert resumed == uninterrupted[8:12]
+    assert [x for _, _, batch in resumed[:2] for x in batch] == reference_order(10, 1)[6:]
+
+
+def test_resuming_mid_epoch_loads_only_the_rest_of_that_epoch():
+    from torch.utils.data import DataLoader
+
+    from models.training import ResumableSampler, epoch_batches
+
+    loaded = []
+
+    class Recording(list):
+        def __getitem__(self, index):
+            loaded.append(index)
+            return index
+
+    items = Recording(range(6))
+    sampler = ResumableSampler(items, num_replicas=1, rank=0, seed=0)
+    batches = epoch_batches(DataLoader(items, batch_size=2, sampler=sampler), sampler, epoch=4, start_batch=2)
+    assert next(batches)[:2] == (4, 2)
+    assert loaded == reference_order(6, 4)[4:]
+
+
+def test_training_shuffles_every_epoch_and_a_resumed_run_continues_the_epoch(tmp_path, encoder_dirs, monkeypatch):
+    from models.data import LatentVideoDataset
+
+    seen = []
+    original = LatentVideoDataset.__getitem__
+
+    def recording(self, index):
+        item = original(self, index)
+        seen.append(item["name"])
+        return item
+
+    monkeypatch.setattr(LatentVideoDataset, "__getitem__", recording)
+    data = write_projected_dataset(tmp_path / "data", videos=4)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, ema_decay=0.0, lr=1e-3)
+    names = [f"video{i:02d}" for i in range(4)]
+    order = [[names[i] for i in reference_order(4, epoch, seed=cfg.seed)] for epoch in range(2)]
+    assert order[0] != order[1]
+
+    train(dataclasses.replace(cfg, max_steps=6))  # epoch 0, then two batches of epoch 1
+    assert seen == order[0] + order[1][:2]
+    seen.clear()
+    train(dataclasses.replace(cfg, max_steps=8))  # resumed: the rest of epoch 1, in epoch 1's order
+    assert seen == order[1][2:]
