@@ -182,3 +182,11 @@ def test_training_timesteps_are_uniform_over_all_1000_steps():
     assert t.dtype == torch.int64 and t.min().item() == 0 and t.max().item() == 999
     counts = torch.bincount(t, minlength=1000).float()
     assert counts.mean().item() == 20.0 and counts.std().item() < 6  # binomial(20000, 1/1000): std ~4.5
+
+
+def test_sampling_builds_no_autograd_graph():
+    weight = torch.tensor(0.1, requires_grad=True)  # a model with trainable weights, called outside torch.no_grad
+    out = sample_latents(
+        lambda x, t: weight * x, torch.randn(1, 4, 2, 4, 4), make_scheduler("ddim", 3), first_frame=torch.zeros(1, 4, 4, 4)
+    )
+    assert not out.requires_grad and out.grad_fn is None

@@ -310,8 +310,10 @@ def test_one_ema_update_follows_the_formula_with_its_warm_up():
     # first update: d = min(0.9999, (1 + 0) / (10 + 0)) = 0.1
     assert_params_close(ema.unet, {k: 0.1 * start_unet[k] + 0.9 * live_unet[k] for k in live_unet})
     assert_params_close(ema.adapter, {k: 0.1 * start_adapter[k] + 0.9 * live_adapter[k] for k in live_adapter})
-    # the live weights are read, not changed
+    # the live weights are read, not changed; the average is no part of any autograd graph
     assert_params_close(unet, live_unet)
+    assert all(p.requires_grad for p in unet.parameters())
+    assert not any(p.requires_grad or p.grad_fn is not None for p in [*ema.unet.parameters(), *ema.adapter.parameters()])
     # second update: d = 2 / 11
     first = params(ema.unet)
     perturbed(unet, 3)
