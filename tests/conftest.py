@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# FASHIONFLOW_SHARED: for runs from a copy of the repository elsewhere (bench/mutation.sh tests in mutants/)
+SHARED = Path(os.environ.get("FASHIONFLOW_SHARED") or ROOT.parent / "shared")
 REFERENCE = SHARED / "reference"
 SAMPLES = SHARED / "samples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
