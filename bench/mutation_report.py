@@ -66,7 +66,8 @@ def md_code(text: str) -> str:
 
 
 def report(results: dict[str, str], equivalent: dict[str, str], mutmut: str, args) -> str:
-    equivalent = {n: r for n, r in equivalent.items() if n in results and results[n] not in CAUGHT}
+    stale = sorted(n for n in equivalent if n not in results or results[n] in CAUGHT)
+    equivalent = {n: r for n, r in equivalent.items() if n not in stale}
     open_ = survivors(results, equivalent)
     rows, totals = [], Counter()
     for module in sorted({module_of(n) for n in results}):
@@ -123,6 +124,9 @@ def report(results: dict[str, str], equivalent: dict[str, str], mutmut: str, arg
         lines += [f"| {n} | {md_code(change(mutmut, n))} | {equivalent[n]} |" for n in sorted(equivalent)]
     else:
         lines.append("None.")
+    if stale:
+        lines += ["", "## Stale lines in `bench/mutation_equivalent.txt`", "", "Killed now, or no longer a mutant in scope:", ""]
+        lines += [f"- {n}: {'killed' if n in results else 'not found'}" for n in stale]
     return "\n".join(lines) + "\n"
 
 
