@@ -5,6 +5,9 @@ records its own unpickling in a marker file, so each test proves that nothing ra
 """
 
 import ast
+import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,11 @@ import torch
 import inference
 from models.checkpoint import (
     CheckpointError,
+    atomic_torch_save,
+    atomic_write,
     build_models,
     checkpoint_dict,
+    latest_checkpoint,
     load_checkpoint,
     load_state_strict,
     read_checkpoint,
@@ -222,3 +228,52 @@ def test_an_ema_with_a_missing_key_is_refused(tmp_path, tiny_weights):
     with pytest.raises(CheckpointError, match="missing keys"):
         load_checkpoint(path)  # inference reads the EMA weights by default
     load_checkpoint(path, use_ema=False)  # the raw weights are intact
+
+
+# ---------------------------------------------------------------------------------------------------- writes
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        path = atomic_torch_save({"step": 1}, tmp_path / "new" / "dir" / "step_0000001.pth")  # parents are made
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 less the umask, not mkstemp's 0o600
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_a_write_cut_short_by_a_kill_is_cleaned_up_when_training_resumes(tmp_path):
+    from models.training import remove_partial_writes
+
+    names = []
+
+    def write(tmp):
+        names.append(Path(tmp).name)
+        torch.save({"step": 2}, tmp)
+
+    atomic_write(tmp_path / "step_0000002.pth", write)
+    assert names[0].startswith(".step_0000002.pth.") and names[0].endswith(".tmp")  # hidden, beside the target
+    (tmp_path / names[0]).write_bytes(b"half a checkpoint")  # what SIGKILL mid-write leaves behind
+    remove_partial_writes(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000002.pth"]
+
+
+def test_latest_checkpoint_is_the_highest_step_not_the_newest_file(tmp_path):
+    for step in (300, 40, 5):  # written newest-last, so the modification times disagree with the steps
+        atomic_torch_save({}, tmp_path / f"step_{step:07d}.pth")
+    (tmp_path / ".step_0009999.pth").write_bytes(b"")  # hidden: never a checkpoint
+    (tmp_path / "latest.pth").symlink_to("step_0000300.pth")
+    assert latest_checkpoint(tmp_path).name == "step_0000300.pth"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_without_step_numbers_the_newest_file_wins(tmp_path):
+    for age, name in ((30, "a_first.pth"), (10, "c_newest.pth"), (20, "b_middle.pth")):
+        path = tmp_path / name
+        atomic_torch_save({}, path)
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert latest_checkpoint(tmp_path).name == "c_newest.pth"
+    atomic_torch_save({}, tmp_path / "step_0000001.pth")
+    os.utime(tmp_path / "step_0000001.pth", (time.time() - 100, time.time() - 100))
+    assert latest_checkpoint(tmp_path).name == "step_0000001.pth"  # any step number beats no step number

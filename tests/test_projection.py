@@ -1,4 +1,5 @@
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from models.data import LatentVideoDataset, merge_manifests, read_manifest
 from models.projection import choose_starts, load_vae_encoders, project_dataset
 from models.tiny_components import save_tiny_encoders
-from models.video_io import read_video_frames, write_mp4
+from models.video_io import count_frames, read_video_frames, write_mp4
 from project_latent_space import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +150,26 @@ def test_only_bad_videos_exit_nonzero(mixed_videos, vae_dir, tmp_path, capsys):
     assert "skipped       4 videos" in capsys.readouterr().out
 
 
+def test_videos_cut_short_are_skipped_or_reframed_in_process(vae_dir, tmp_path):
+    # our mp4s keep their index at the front (faststart), so a cut file still advertises its 20 frames
+    full = write_mp4(torch.rand(20, 3, *SIZE, generator=torch.Generator().manual_seed(0)), tmp_path / "full.mp4")
+    data = full.read_bytes()
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    for percent in (10, 30, 70):
+        (folder / f"cut{percent}.mp4").write_bytes(data[: len(data) * percent // 100])
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert sorted(summary.skipped) == ["cut10.mp4", "cut30.mp4"] and not summary.failed
+    assert summary.skipped["cut10.mp4"] == "empty or not a video: no frame could be decoded"
+    assert re.fullmatch(r"truncated: decoding stopped at frame [1-7] of 20 advertised", summary.skipped["cut30.mp4"])
+    # decodes fewer frames than advertised, but enough: the clip is placed again inside what decodes
+    assert summary.projected == ["cut70"]
+    entry = read_manifest(tmp_path / "out")["cut70"]
+    assert entry["start_frame"] + 8 <= count_frames(folder / "cut70.mp4") < 20
+
+
 class FailingOnce:
     """Real encoders that fail on the first clip, as a driver error would."""
 
@@ -169,7 +190,9 @@ def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_pat
     encoders = FailingOnce(load_vae_encoders(vae_dir, preprocessing="standard"))
     summary = project_dataset(good_videos, tmp_path, encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
-    assert list(summary.failed) == ["blue01.mp4"] and "RuntimeError: device lost" in summary.failed["blue01.mp4"]
+    assert list(summary.failed) == ["blue01.mp4"]
+    # the error and where it was raised (the last frame of its traceback: FailingOnce.encode_frames, above)
+    assert re.fullmatch(r"RuntimeError: device lost \(at test_projection\.py:\d+\)", summary.failed["blue01.mp4"])
     assert summary.projected == ["green03"] and summary.exit_code == 1
     assert "blue01.mp4: RuntimeError: device lost" in summary.report()
 
