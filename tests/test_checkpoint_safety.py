@@ -20,6 +20,7 @@ from models.checkpoint import (
     atomic_write,
     build_models,
     checkpoint_dict,
+    export_safetensors,
     latest_checkpoint,
     load_checkpoint,
     load_state_strict,
@@ -277,3 +278,35 @@ def test_without_step_numbers_the_newest_file_wins(tmp_path):
     atomic_torch_save({}, tmp_path / "step_0000001.pth")
     os.utime(tmp_path / "step_0000001.pth", (time.time() - 100, time.time() - 100))
     assert latest_checkpoint(tmp_path).name == "step_0000001.pth"  # any step number beats no step number
+
+
+# ---------------------------------------------------------------------------------------------------- safetensors
+
+
+def test_safetensors_exports_load_onto_the_asked_device(tmp_path, tiny_weights, monkeypatch):
+    import safetensors
+
+    path = export_safetensors(tmp_path / "model.safetensors", *tiny_weights, get_preset("tiny"))
+    ckpt = read_checkpoint(path, map_location=None)  # None means the CPU, as for torch.load
+    assert ckpt["format"] == "fashionflow" and ckpt["config"] == get_preset("tiny")
+    assert all(v.device.type == "cpu" for v in ckpt["net"].values())
+    devices, real_open = [], safetensors.safe_open
+
+    def spy(*args, device, **kwargs):  # the device reaches safetensors; the tensors stay on this CPU-only machine
+        devices.append(device)
+        return real_open(*args, device="cpu", **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", spy)
+    read_checkpoint(path, map_location=torch.device("cuda", 1))
+    read_checkpoint(path)
+    assert devices == ["cuda:1", "cpu"]
+
+
+@pytest.mark.parametrize("metadata", [{"format": "fashionflow"}, {"format": "other", "config": "{}"}, None])
+def test_safetensors_without_our_config_are_refused(tmp_path, tiny_weights, metadata):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({f"net.{k}": v.contiguous() for k, v in tiny_weights[0].state_dict().items()}, path, metadata=metadata)
+    with pytest.raises(CheckpointError, match="foreign.safetensors"):
+        read_checkpoint(path)

@@ -244,3 +244,35 @@ def test_choose_starts_when_clips_must_overlap():
     assert choose_starts(7, 8, 1, random.Random(0)) == []
     overlapping = choose_starts(20, 8, 3, random.Random(0))
     assert overlapping == [0, 6, 12] and np.all(np.diff(overlapping) > 0)
+
+
+def test_the_summary_of_several_ranks_adds_up_and_reads_as_printed():
+    from models.projection import ProjectionSummary
+
+    parts = [
+        ProjectionSummary(projected=["a"], already_done=["b"], skipped={"x.mp4": "too short"}, frames_encoded=8),
+        ProjectionSummary(projected=["c", "d"], failed={"y.mp4": "RuntimeError: boom"}, frames_encoded=16),
+    ]
+    total = ProjectionSummary.merge(parts)
+    assert (total.projected, total.already_done, total.frames_encoded) == (["a", "c", "d"], ["b"], 24)
+    assert total.skipped == {"x.mp4": "too short"} and total.failed == {"y.mp4": "RuntimeError: boom"}
+    assert total.exit_code == 1 and parts[0].exit_code == 0
+    assert total.report() == (
+        "projection summary\n"
+        "  projected     3 clips (24 frames encoded)\n"
+        "  already done  1 clips\n"
+        "  skipped       1 videos\n"
+        "    x.mp4: too short\n"
+        "  failed        1 videos (unexpected errors)\n"
+        "    y.mp4: RuntimeError: boom"
+    )
+
+
+def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, monkeypatch):
+    from models.projection import _same_setting
+
+    monkeypatch.chdir(tmp_path)
+    assert _same_setting("org/vae", "org/vae") and not _same_setting("org/vae", "./org/vae")  # hub ids: the text
+    (tmp_path / "org" / "vae").mkdir(parents=True)
+    assert _same_setting("org/vae", str(tmp_path / "org" / "vae"))  # a folder: wherever it is spelled from
+    assert not _same_setting([64, 48], [64, 40]) and _same_setting([64, 48], [64, 48])

@@ -443,6 +443,9 @@ def test_resuming_mid_epoch_loads_only_the_rest_of_that_epoch():
     batches = epoch_batches(DataLoader(items, batch_size=2, sampler=sampler), sampler, epoch=4, start_batch=2)
     assert next(batches)[:2] == (4, 2)
     assert loaded == reference_order(6, 4)[4:]
+    assert len(sampler) == 2  # what is left of the epoch
+    sampler.set_epoch(5, skip=8)
+    assert len(sampler) == 0 and list(sampler) == []
 
 
 def test_training_shuffles_every_epoch_and_a_resumed_run_continues_the_epoch(tmp_path, encoder_dirs, monkeypatch):
