@@ -5,6 +5,7 @@ records its own unpickling in a marker file, so each test proves that nothing ra
 """
 
 import ast
+import json
 import os
 import stat
 import time
@@ -287,6 +288,8 @@ def test_safetensors_exports_load_onto_the_asked_device(tmp_path, tiny_weights, 
     import safetensors
 
     path = export_safetensors(tmp_path / "model.safetensors", *tiny_weights, get_preset("tiny"))
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"format": "fashionflow", "version": "1", "config": json.dumps(get_preset("tiny").to_dict())}
     ckpt = read_checkpoint(path, map_location=None)  # None means the CPU, as for torch.load
     assert ckpt["format"] == "fashionflow" and ckpt["config"] == get_preset("tiny")
     assert all(v.device.type == "cpu" for v in ckpt["net"].values())
