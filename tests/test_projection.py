@@ -216,6 +216,23 @@ def test_each_clip_is_its_source_frames_with_its_own_noise(good_videos, vae_dir,
         source = read_video_frames(entry["source"], start=entry["start_frame"], count=8, size=SIZE)
         torch.testing.assert_close(call["frames"], source, atol=0, rtol=0)  # frames start_frame .. start_frame + 7
         assert call["chunk_size"] == 3  # --batch_size
+        stem = Path(entry["source"]).stem
+        assert entry == {
+            "name": stem if entry["clip_index"] == 0 else f"{stem}_clip1",
+            "source": str(good_videos / f"{stem}.mp4"),
+            "start_frame": entry["start_frame"],
+            "frames": 8,
+            "size": [64, 48],
+            "latent_shape": [8, 4, 16, 12],
+            "seed": 0,
+            "clip_index": entry["clip_index"],
+            "preprocessing": "standard",
+            "vae": str(vae_dir),
+        }
+        image = torch.load(tmp_path / "a" / f"{entry['name']}_image.pt", weights_only=True)
+        torch.testing.assert_close(image, source[0], atol=0, rtol=0)
+        assert torch.load(tmp_path / "a" / f"{entry['name']}.pt", weights_only=True).shape == (8, 4, 16, 12)
+    assert sorted(e["clip_index"] for e in entries) == [0, 0, 1, 1]
     seeds = [call["seed"] for call in calls]
     assert len(set(seeds)) == 4, "two clips share their VAE noise"
     assert [call["seed"] for call in run(0, tmp_path / "b")[0]] == seeds  # reproducible
