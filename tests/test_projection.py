@@ -329,3 +329,12 @@ def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, m
     (tmp_path / "org" / "vae").mkdir(parents=True)
     assert _same_setting("org/vae", str(tmp_path / "org" / "vae"))  # a folder: wherever it is spelled from
     assert not _same_setting([64, 48], [64, 40]) and _same_setting([64, 48], [64, 48])
+
+
+def test_the_video_list_skips_folders_and_hidden_files(tmp_path):
+    from models.projection import list_videos
+
+    for name in ("b.mp4", "a.mov", ".a.mp4.part"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "c_subfolder").mkdir()
+    assert [p.name for p in list_videos(tmp_path)] == ["a.mov", "b.mp4"]
