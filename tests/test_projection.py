@@ -338,3 +338,13 @@ def test_the_video_list_skips_folders_and_hidden_files(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "c_subfolder").mkdir()
     assert [p.name for p in list_videos(tmp_path)] == ["a.mov", "b.mp4"]
+
+
+def test_every_video_whose_outputs_would_overwrite_anothers_is_named():
+    from models.projection import _name_collisions
+
+    videos = [Path(n) for n in ("a.mov", "a.mp4", "b.mp4", "b_image.mp4", "c.mp4", "c_clip1.mp4", "d.mp4")]
+    assert sorted(_name_collisions(videos, clips=1)) == ["a.mp4", "b_image.mp4"]  # c_clip1.pt is free with one clip
+    clashes = _name_collisions(videos, clips=2)
+    assert sorted(clashes) == ["a.mp4", "b_image.mp4", "c_clip1.mp4"]
+    assert "clash with c.mp4's" in clashes["c_clip1.mp4"] and "clash with b.mp4's" in clashes["b_image.mp4"]
