@@ -190,3 +190,57 @@ def test_sampling_builds_no_autograd_graph():
         lambda x, t: weight * x, torch.randn(1, 4, 2, 4, 4), make_scheduler("ddim", 3), first_frame=torch.zeros(1, 4, 4, 4)
     )
     assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("steps", [1, 4, 25])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_samplers_take_trailing_timesteps_from_pure_noise(name, steps):
+    # "trailing" spacing (Lin et al. 2024, table 2): round(arange(1000, 0, -1000 / steps)) - 1, so step one is t = 999
+    expected = [round(1000 - k * 1000 / steps) - 1 for k in range(steps)]
+    assert make_scheduler(name, steps).timesteps.tolist() == expected
+
+
+@pytest.mark.parametrize("steps", [1, 4, 25])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_perfect_denoiser_brings_every_sampler_to_the_clean_latent(name, steps):
+    # data = one clean latent x0: the exact eps at (x, t) is (x - sqrt(ac_t) x0) / sqrt(1 - ac_t), and the sampling
+    # process (ancestral or ODE) then ends exactly at x0, whatever the step count: nothing left to clip or add
+    ac = torch.tensor(spec_alphas_cumprod(), dtype=torch.float64)
+    x0 = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0)).double() * 3  # beyond [-1, 1]
+
+    def perfect_eps(x, t):
+        a = ac[int(t[0])]
+        return (x.double() - a.sqrt() * x0) / (1 - a).sqrt()
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)).double()
+    out = sample_latents(
+        perfect_eps, noise, make_scheduler(name, steps), first_frame=x0[:, :, 0], generator=torch.Generator().manual_seed(2)
+    )
+    torch.testing.assert_close(out, x0, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("steps", [4, 25])
+def test_dpm_solver_is_second_order_multistep_with_a_first_order_final_step(steps):
+    # DPM-Solver++(2M) (Lu et al. 2022) over the SPEC betas, as diffusers implements it; with few steps the last
+    # one drops to first order, which keeps the solver stable (diffusers' lower_order_final)
+    from diffusers import DPMSolverMultistepScheduler
+
+    reference = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        trained_betas=spec_betas(),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="trailing",
+    )
+    reference.set_timesteps(steps)
+
+    def eps_model(x, t):  # smooth and nonlinear, so solvers of different order disagree
+        return torch.tanh(x) * (0.5 + t[0] / 2000)
+
+    start = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    first = torch.zeros(1, 4, 4, 4)
+    out = sample_latents(eps_model, start, make_scheduler("dpmsolver++", steps), first_frame=first)
+    expected = sample_latents(eps_model, start, reference, first_frame=first)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
