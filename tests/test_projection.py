@@ -131,6 +131,8 @@ def test_other_settings_into_the_same_folder_are_refused(good_videos, vae_dir, t
     assert project(good_videos, tmp_path, vae_dir) == 0
     with pytest.raises(ValueError, match=r"frames=8 \(now 16\).*new --output_dir"):
         project(good_videos, tmp_path, vae_dir, "--frames", "16")
+    with pytest.raises(ValueError, match=r"frames=8 \(now 16\), preprocessing='standard' \(now 'legacy'\)\);"):
+        project(good_videos, tmp_path, vae_dir, "--frames", "16", "--preprocessing", "legacy")
 
 
 def test_the_same_vae_folder_spelled_differently_resumes(good_videos, vae_dir, tmp_path, monkeypatch, capsys):
@@ -147,7 +149,48 @@ def test_only_bad_videos_exit_nonzero(mixed_videos, vae_dir, tmp_path, capsys):
     for name in BAD:
         shutil.copy(mixed_videos / name, folder / name)
     assert project(folder, tmp_path / "out", vae_dir) == 1
-    assert "skipped       4 videos" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "skipped       4 videos" in report
+    for name, reason in BAD.items():  # in-process too, so that mutation testing counts these checks
+        assert any(line.strip().startswith(f"{name}: ") and reason in line for line in report.splitlines()), name
+
+
+def test_a_video_exactly_one_clip_long_is_projected(vae_dir, tmp_path):
+    folder = tmp_path / "videos"
+    write_mp4(torch.rand(8, 3, *SIZE, generator=torch.Generator().manual_seed(0)), folder / "eight.mp4")
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["eight"] and read_manifest(tmp_path / "out")["eight"]["start_frame"] == 0
+
+
+def test_a_container_that_understates_its_length_is_counted(good_videos, vae_dir, tmp_path, monkeypatch):
+    import models.projection
+    from models.video_io import VideoInfo
+
+    real = models.projection.probe_video
+    monkeypatch.setattr(models.projection, "probe_video", lambda path: VideoInfo(3, *list(vars(real(path)).values())[1:]))
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    summary = project_dataset(good_videos, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["blue01", "green03"] and not summary.skipped
+
+
+def test_a_finished_video_is_not_opened_again(good_videos, vae_dir, tmp_path, monkeypatch):
+    import models.projection
+
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard")
+    options = dict(frames=8, clips_per_video=2, size=SIZE, preprocessing="standard", vae=str(vae_dir), progress=False)
+    assert len(project_dataset(good_videos, tmp_path, encoders, **options).projected) == 4
+
+    def no_opening(path):
+        raise AssertionError(f"{path} was opened although all its clips are done")
+
+    monkeypatch.setattr(models.projection, "probe_video", no_opening)
+    monkeypatch.setattr(models.projection, "iter_video_frames", no_opening)
+    again = project_dataset(good_videos, tmp_path, encoders, **options)
+    assert sorted(again.already_done) == ["blue01", "blue01_clip1", "green03", "green03_clip1"]
+    assert not again.projected and not again.failed
 
 
 def test_videos_cut_short_are_skipped_or_reframed_in_process(vae_dir, tmp_path):
