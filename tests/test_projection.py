@@ -279,7 +279,12 @@ def test_each_clip_is_its_source_frames_with_its_own_noise(good_videos, vae_dir,
     seeds = [call["seed"] for call in calls]
     assert len(set(seeds)) == 4, "two clips share their VAE noise"
     assert [call["seed"] for call in run(0, tmp_path / "b")[0]] == seeds  # reproducible
-    assert not set(seeds) & {call["seed"] for call in run(1, tmp_path / "c")[0]}  # --seed changes every clip's noise
+    other_calls, other_entries = run(1, tmp_path / "c")
+    assert not set(seeds) & {call["seed"] for call in other_calls}  # --seed changes every clip's noise
+    # and where clips start: per video and per seed
+    starts = [[e["start_frame"] for e in entries if e["source"].endswith(f"{stem}.mp4")] for stem in ("blue01", "green03")]
+    assert starts[0] != starts[1]
+    assert [e["start_frame"] for e in other_entries] != [e["start_frame"] for e in entries]
 
 
 def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path):
