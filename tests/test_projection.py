@@ -396,3 +396,19 @@ def test_every_video_whose_outputs_would_overwrite_anothers_is_named():
     clashes = _name_collisions(videos, clips=2)
     assert sorted(clashes) == ["a.mp4", "b_image.mp4", "c_clip1.mp4"]
     assert "clash with c.mp4's" in clashes["c_clip1.mp4"] and "clash with b.mp4's" in clashes["b_image.mp4"]
+
+
+def test_projection_encoders_take_the_asked_preprocessing_precision_and_device(vae_dir, monkeypatch):
+    import models.encoders
+
+    encoders = load_vae_encoders(vae_dir, preprocessing="standard", precision="bf16")
+    assert (encoders.preprocessing, encoders.dtype, encoders.device.type) == ("standard", torch.bfloat16, "cpu")
+    asked, real_load = [], models.encoders.load_vae
+
+    def spy(name, *, device, dtype):  # the device reaches the loader; the weights stay on this CPU-only machine
+        asked.append((device, dtype))
+        return real_load(name, device="cpu", dtype=dtype)
+
+    monkeypatch.setattr(models.encoders, "load_vae", spy)
+    load_vae_encoders(vae_dir, preprocessing="legacy", device="cuda:1", precision="fp16")
+    assert asked == [("cuda:1", torch.float16)]
