@@ -416,13 +416,15 @@ def test_projection_encoders_take_the_asked_preprocessing_precision_and_device(v
 
 def test_project_dataset_defaults_and_argument_checks(good_videos, vae_dir, tmp_path, capsys):
     encoders = Recording(load_vae_encoders(vae_dir, preprocessing="standard"))
-    summary = project_dataset(good_videos, tmp_path / "one", encoders, frames=1, size=SIZE, preprocessing="standard",
+    output = tmp_path / "nested" / "one"  # made with its parents
+    summary = project_dataset(good_videos, output, encoders, frames=1, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir))  # fmt: skip
     assert summary.projected == ["blue01", "green03"]  # one-frame clips are clips too
-    assert [e["seed"] for e in read_manifest(tmp_path / "one").values()] == [0, 0]  # seed 0 by default
+    assert [e["seed"] for e in read_manifest(output).values()] == [0, 0]  # seed 0 by default
     assert [call["chunk_size"] for call in encoders.calls] == [8, 8]  # 8 frames per VAE call by default
     assert "2/2" in capsys.readouterr().err  # a progress bar by default
-    for bad in ({"frames": 0}, {"clips_per_video": 0}, {"batch_size": 0}):
-        with pytest.raises(ValueError, match="must be at least 1"):
-            project_dataset(good_videos, tmp_path / "bad", encoders, size=SIZE, preprocessing="standard",
-                            vae=str(vae_dir), **{"frames": 8, **bad})  # fmt: skip
+    options = dict(preprocessing="standard", vae=str(vae_dir), progress=False)
+    assert project_dataset(good_videos, tmp_path / "two", encoders, frames=1, batch_size=1, size=SIZE, **options).projected
+    for bad in ({"frames": 0}, {"clips_per_video": 0}, {"batch_size": 0}, {"size": (64,)}, {"size": (0, 48)}):
+        with pytest.raises(ValueError, match="must be at least 1|size must be"):
+            project_dataset(good_videos, tmp_path / "bad", encoders, **{"frames": 8, "size": SIZE, **bad}, **options)
