@@ -422,9 +422,11 @@ def test_project_dataset_defaults_and_argument_checks(good_videos, vae_dir, tmp_
     assert summary.projected == ["blue01", "green03"]  # one-frame clips are clips too
     assert [e["seed"] for e in read_manifest(output).values()] == [0, 0]  # seed 0 by default
     assert [call["chunk_size"] for call in encoders.calls] == [8, 8]  # 8 frames per VAE call by default
-    assert "2/2" in capsys.readouterr().err  # a progress bar by default
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert "2/2" in bar and ("video/s" in bar or "s/video" in bar)  # a progress bar by default, counting videos
     options = dict(preprocessing="standard", vae=str(vae_dir), progress=False)
     assert project_dataset(good_videos, tmp_path / "two", encoders, frames=1, batch_size=1, size=SIZE, **options).projected
+    assert "2/2" not in capsys.readouterr().err  # progress=False: no bar
     for bad in ({"frames": 0}, {"clips_per_video": 0}, {"batch_size": 0}, {"size": (64,)}, {"size": (0, 48)}):
         with pytest.raises(ValueError, match="must be at least 1|size must be"):
             project_dataset(good_videos, tmp_path / "bad", encoders, **{"frames": 8, "size": SIZE, **bad}, **options)
