@@ -193,7 +193,7 @@ def test_a_finished_video_is_not_opened_again(good_videos, vae_dir, tmp_path, mo
     assert not again.projected and not again.failed
 
 
-def test_videos_cut_short_are_skipped_or_reframed_in_process(vae_dir, tmp_path):
+def test_videos_cut_short_are_skipped_or_reframed_in_process(vae_dir, tmp_path, capsys):
     # our mp4s keep their index at the front (faststart), so a cut file still advertises its 20 frames
     full = write_mp4(torch.rand(20, 3, *SIZE, generator=torch.Generator().manual_seed(0)), tmp_path / "full.mp4")
     data = full.read_bytes()
@@ -206,6 +206,8 @@ def test_videos_cut_short_are_skipped_or_reframed_in_process(vae_dir, tmp_path):
                               vae=str(vae_dir), progress=False)  # fmt: skip
     assert sorted(summary.skipped) == ["cut10.mp4", "cut30.mp4"] and not summary.failed
     assert summary.skipped["cut10.mp4"] == "empty or not a video: no frame could be decoded"
+    log = capsys.readouterr()
+    assert "skipped cut10.mp4: empty or not a video" in log.err and "cut10" not in log.out  # logged on stderr
     decodable = count_frames(folder / "cut30.mp4")
     assert 0 < decodable < 8
     assert summary.skipped["cut30.mp4"] == f"truncated: decoding stopped at frame {decodable} of 20 advertised"
