@@ -289,6 +289,22 @@ def test_each_clip_is_its_source_frames_with_its_own_noise(good_videos, vae_dir,
     assert [e["start_frame"] for e in other_entries] != [e["start_frame"] for e in entries]
 
 
+def test_with_decoding_one_video_ahead_each_clip_still_comes_from_its_own_video(vae_dir, tmp_path):
+    folder = tmp_path / "videos"
+    for i in range(4):  # enough videos that the one decoded ahead is never the last
+        write_mp4(torch.rand(10, 3, *SIZE, generator=torch.Generator().manual_seed(i)), folder / f"v{i}.mp4")
+    encoders = Recording(load_vae_encoders(vae_dir, preprocessing="standard"))
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["v0", "v1", "v2", "v3"] and summary.frames_encoded == 32
+    manifest = read_manifest(tmp_path / "out")
+    for call, name in zip(encoders.calls, summary.projected):
+        entry = manifest[name]
+        assert entry["source"] == str(folder / f"{name}.mp4")
+        source = read_video_frames(entry["source"], start=entry["start_frame"], count=8, size=SIZE)
+        torch.testing.assert_close(call["frames"], source, atol=0, rtol=0)
+
+
 def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path):
     encoders = FailingOnce(load_vae_encoders(vae_dir, preprocessing="standard"))
     summary = project_dataset(good_videos, tmp_path, encoders, frames=8, size=SIZE, preprocessing="standard",
@@ -426,6 +442,7 @@ def test_project_dataset_defaults_and_argument_checks(good_videos, vae_dir, tmp_
     assert [call["chunk_size"] for call in encoders.calls] == [8, 8]  # 8 frames per VAE call by default
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
     assert "2/2" in bar and ("video/s" in bar or "s/video" in bar)  # a progress bar by default, counting videos
+    assert "frames=2" in bar and summary.frames_encoded == 2  # and the frames encoded so far
     options = dict(preprocessing="standard", vae=str(vae_dir), progress=False)
     assert project_dataset(good_videos, tmp_path / "two", encoders, frames=1, batch_size=1, size=SIZE, **options).projected
     assert "2/2" not in capsys.readouterr().err  # progress=False: no bar
