@@ -305,7 +305,7 @@ def test_with_decoding_one_video_ahead_each_clip_still_comes_from_its_own_video(
         torch.testing.assert_close(call["frames"], source, atol=0, rtol=0)
 
 
-def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path):
+def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path, capsys):
     encoders = FailingOnce(load_vae_encoders(vae_dir, preprocessing="standard"))
     summary = project_dataset(good_videos, tmp_path, encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
@@ -314,6 +314,9 @@ def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_pat
     assert re.fullmatch(r"RuntimeError: device lost \(at test_projection\.py:\d+\)", summary.failed["blue01.mp4"])
     assert summary.projected == ["green03"] and summary.exit_code == 1
     assert "blue01.mp4: RuntimeError: device lost" in summary.report()
+    log = capsys.readouterr().err  # the whole traceback, for the bug report
+    assert "FAILED blue01.mp4:\nTraceback (most recent call last):\n" in log
+    assert "RuntimeError: device lost\n" in log and "device lost\n\n" not in log
 
 
 def test_ranks_split_the_videos_with_the_same_result(good_videos, vae_dir, tmp_path):
