@@ -364,6 +364,7 @@ def test_choose_starts_when_clips_must_overlap():
     starts = choose_starts(10, 8, 5, random.Random(0))
     assert starts == [0, 1, 2]  # only three distinct starts exist
     assert choose_starts(7, 8, 1, random.Random(0)) == []
+    assert choose_starts(8, 8, 3, random.Random(0)) == [0]  # one clip's worth of frames: one start
     overlapping = choose_starts(20, 8, 3, random.Random(0))
     assert overlapping == [0, 6, 12] and np.all(np.diff(overlapping) > 0)
 
