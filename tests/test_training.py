@@ -471,3 +471,24 @@ def test_training_shuffles_every_epoch_and_a_resumed_run_continues_the_epoch(tmp
     seen.clear()
     train(dataclasses.replace(cfg, max_steps=8))  # resumed: the rest of epoch 1, in epoch 1's order
     assert seen == order[1][2:]
+
+
+@pytest.mark.parametrize("part,what", [("net", "EMA SpaceTimeUnet"), ("adapter", "EMA EmbeddingAdapter")])
+def test_resuming_an_ema_with_a_missing_key_names_the_part_and_the_file(part, what):
+    from models.checkpoint import CheckpointError
+    from models.training import EMA
+
+    unet, adapter = build_models(get_preset("tiny"))
+    ema = EMA(unet, adapter, decay=0.9999)
+    state = ema.state_dict()
+    state[part].pop(next(iter(state[part])))
+    with pytest.raises(CheckpointError) as refused:
+        ema.load_state_dict(state, path="step_0000007.pth")
+    assert "step_0000007.pth" in str(refused.value) and f"{what} " in str(refused.value)
+    fresh = EMA(unet, adapter, decay=0.9999)
+    fresh.load_state_dict({**ema.state_dict(), "updates": 7}, path="step_0000007.pth")
+    assert fresh.updates == 7
+    del state["updates"]
+    state[part] = ema.state_dict()[part]
+    fresh.load_state_dict(state, path="old.pth")  # checkpoints written before the count was saved
+    assert fresh.updates == 0
