@@ -492,3 +492,32 @@ def test_resuming_an_ema_with_a_missing_key_names_the_part_and_the_file(part, wh
     state[part] = ema.state_dict()[part]
     fresh.load_state_dict(state, path="old.pth")  # checkpoints written before the count was saved
     assert fresh.updates == 0
+
+
+def test_rng_states_round_trip_and_are_restored_only_for_the_same_world_size(monkeypatch):
+    from models.distributed import DistEnv
+    from models.training import collect_rng_states, restore_rng_states
+
+    generator = torch.Generator().manual_seed(3)
+    torch.manual_seed(4)
+    saved = collect_rng_states(generator, torch.device("cpu"))
+    assert saved["cuda"] == [None] and len(saved["generator"]) == len(saved["torch"]) == 1
+    expected = (torch.rand(3, generator=generator), torch.rand(3))  # what the saved states draw next
+
+    other = torch.Generator().manual_seed(99)
+    assert not restore_rng_states(saved, other, DistEnv(world_size=2)), "another world size must not restore"
+    assert torch.equal(other.get_state(), torch.Generator().manual_seed(99).get_state())
+    assert restore_rng_states(saved, other, DistEnv())
+    torch.testing.assert_close((torch.rand(3, generator=other), torch.rand(3)), expected, rtol=0, atol=0)
+
+    # CUDA states: restored on a GPU rank, ignored on a CPU one (a GPU run resumed on a CPU)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, int(device.index)]))
+    gpu_saved = collect_rng_states(generator, torch.device("cuda", 1))
+    assert torch.equal(gpu_saved["cuda"][0], torch.tensor([7, 1]))
+    assert restore_rng_states(gpu_saved, other, DistEnv())
+    assert calls == []
+    assert restore_rng_states(gpu_saved, other, DistEnv(device=torch.device("cuda", 1)))
+    assert len(calls) == 1 and torch.equal(calls[0][0], torch.tensor([7, 1])) and calls[0][1] == torch.device("cuda", 1)
+    assert restore_rng_states(saved, other, DistEnv(device=torch.device("cuda", 1))) and len(calls) == 1  # none saved
