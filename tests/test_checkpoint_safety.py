@@ -195,6 +195,7 @@ def test_a_released_file_missing_one_key_is_refused(tmp_path, tiny_weights):
     with pytest.raises(CheckpointError, match="missing keys") as refused:
         load_tiny(released_file(tmp_path, tiny_weights, net=net))
     assert dropped in str(refused.value) and "shape" not in str(refused.value)
+    assert "SpaceTimeUnet " in str(refused.value) and "FashionFlow_checkpoint.pth" in str(refused.value)
 
 
 def test_a_released_file_with_one_extra_key_is_refused(tmp_path, tiny_weights):
@@ -203,6 +204,7 @@ def test_a_released_file_with_one_extra_key_is_refused(tmp_path, tiny_weights):
     with pytest.raises(CheckpointError, match="unexpected keys") as refused:
         load_tiny(released_file(tmp_path, tiny_weights, adapter=adapter))
     assert "linear2.weight" in str(refused.value) and "shape" not in str(refused.value)
+    assert "EmbeddingAdapter " in str(refused.value)
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
@@ -313,3 +315,20 @@ def test_safetensors_without_our_config_are_refused(tmp_path, tiny_weights, meta
     save_file({f"net.{k}": v.contiguous() for k, v in tiny_weights[0].state_dict().items()}, path, metadata=metadata)
     with pytest.raises(CheckpointError, match="foreign.safetensors"):
         read_checkpoint(path)
+
+
+def test_load_checkpoint_reads_onto_map_location(tmp_path, tiny_weights, monkeypatch):
+    import models.checkpoint
+
+    path = save_released_format(tmp_path / "released.pth", *tiny_weights)
+    asked, real_read = [], models.checkpoint.read_checkpoint
+
+    def spy(path, map_location="cpu"):  # the tensors are read straight onto the device, not via the CPU
+        asked.append(map_location)
+        return real_read(path, "cpu")
+
+    monkeypatch.setattr(models.checkpoint, "read_checkpoint", spy)
+    unet, adapter, _ = load_checkpoint(path, map_location="meta", config_overrides=PRESETS["tiny"])
+    assert asked == ["meta"]
+    assert {p.device.type for p in [*unet.parameters(), *adapter.parameters()]} == {"meta"}
+    assert not unet.training and not adapter.training
