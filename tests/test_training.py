@@ -521,3 +521,94 @@ def test_rng_states_round_trip_and_are_restored_only_for_the_same_world_size(mon
     assert restore_rng_states(gpu_saved, other, DistEnv(device=torch.device("cuda", 1)))
     assert len(calls) == 1 and torch.equal(calls[0][0], torch.tensor([7, 1])) and calls[0][1] == torch.device("cuda", 1)
     assert restore_rng_states(saved, other, DistEnv(device=torch.device("cuda", 1))) and len(calls) == 1  # none saved
+
+
+def test_the_ema_copies_buffers_and_counts_every_update():
+    from models.training import EMA
+
+    live, other = torch.nn.BatchNorm1d(3), torch.nn.Linear(2, 2)  # BatchNorm's running statistics are buffers
+    ema = EMA(live, other, decay=0.9999)
+    start = params(ema.unet)
+    live.train()(torch.randn(8, 3, generator=torch.Generator().manual_seed(0)) * 5 + 2)  # moves the running stats
+    for _ in range(3):
+        ema.update(live, other)
+    assert ema.updates == 3
+    torch.testing.assert_close(ema.unet.running_mean, live.running_mean, rtol=0, atol=0)  # copied, not averaged
+    torch.testing.assert_close(ema.unet.running_var, live.running_var, rtol=0, atol=0)
+    # the weights did not move, so the average of equal values stays put whatever the decay schedule
+    assert_params_close(ema.unet, start)
+    before = params(ema.unet)
+    perturbed(live, 4)
+    ema.update(live, other)  # n = 3: d = 4 / 13
+    assert_params_close(ema.unet, {k: 4 / 13 * before[k] + 9 / 13 * v for k, v in params(live).items()})
+
+
+def test_ema_of_wrapped_modules_averages_the_bare_ones():
+    from models.training import EMA
+
+    class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like from outside: `.module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    unet, adapter = torch.nn.Linear(3, 3), torch.nn.Linear(2, 2)
+    ema = EMA(Wrapper(unet), torch.compile(adapter), decay=0.5)
+    assert isinstance(ema.unet, torch.nn.Linear) and isinstance(ema.adapter, torch.nn.Linear)
+    assert not ema.unet.training and set(ema.state_dict()["net"]) == {"weight", "bias"}
+    start = params(ema.adapter)
+    perturbed(adapter, 1)
+    ema.update(Wrapper(unet), torch.compile(adapter))
+    assert_params_close(ema.adapter, {k: 0.1 * start[k] + 0.9 * v for k, v in params(adapter).items()})
+
+
+def test_uneven_ranks_drop_the_remainder_and_the_seed_shapes_the_order():
+    from models.training import ResumableSampler
+
+    items = list(range(10))
+    per_rank = [list(ResumableSampler(items, num_replicas=3, rank=r, seed=5)) for r in range(3)]
+    assert [len(order) for order in per_rank] == [3, 3, 3]  # drop_last: no rank pads with repeated items
+    assert len({x for order in per_rank for x in order}) == 9
+    assert per_rank == [reference_order(10, 0, seed=5, rank=r, world_size=3) for r in range(3)]
+    assert list(ResumableSampler(items, num_replicas=1, rank=0, seed=5)) != reference_order(10, 0, seed=0)
+
+
+def test_resume_setting_picks_the_checkpoint(tmp_path):
+    from models.checkpoint import atomic_torch_save
+    from models.training import resolve_resume
+
+    assert resolve_resume("none", tmp_path) is None and resolve_resume("", tmp_path) is None
+    assert resolve_resume("auto", tmp_path) is None  # nothing to resume: a fresh run
+    for step in (2, 10):
+        atomic_torch_save({}, tmp_path / f"step_{step:07d}.pth")
+    assert resolve_resume("auto", tmp_path) == tmp_path / "step_0000010.pth"
+    assert resolve_resume(str(tmp_path / "step_0000002.pth"), tmp_path) == tmp_path / "step_0000002.pth"
+    with pytest.raises(FileNotFoundError, match="step_0000003.pth"):
+        resolve_resume(str(tmp_path / "step_0000003.pth"), tmp_path)
+
+
+def test_a_resumed_run_keeps_its_checkpoints_architecture(tmp_path, encoder_dirs):
+    from models.training import model_config_for
+
+    fresh = model_config_for(TrainConfig(preset="tiny", vae="my/vae", clip="my/clip"), None)
+    assert fresh == get_preset("tiny", vae="my/vae", clip="my/clip")
+    assert model_config_for(TrainConfig(preset="tiny", preprocessing="legacy"), None).preprocessing == "legacy"
+    saved = get_preset("tiny", dim=8)
+    # the flags' preset and encoders do not change a resumed model; a conflicting preprocessing is refused
+    assert model_config_for(TrainConfig(preset="paper", vae="other/vae"), {"config": saved}) == saved
+    assert model_config_for(TrainConfig(preprocessing="standard"), {"config": saved}) == saved
+    with pytest.raises(ValueError, match="--preprocessing legacy conflicts"):
+        model_config_for(TrainConfig(preprocessing="legacy"), {"config": saved})
+
+
+def test_latest_pth_points_at_the_newest_checkpoint(tmp_path):
+    from models.training import point_latest, prune_checkpoints
+
+    for step in (1, 2, 3, 4):
+        path = tmp_path / f"step_{step:07d}.pth"
+        path.write_bytes(b"x")
+        point_latest(tmp_path, path)
+        assert os.readlink(tmp_path / "latest.pth") == path.name  # relative: the folder can move
+    prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pth", "step_0000003.pth", "step_0000004.pth"]
+    prune_checkpoints(tmp_path, keep_last=0)  # 0 keeps all
+    assert len(list(tmp_path.glob("step_*.pth"))) == 2
