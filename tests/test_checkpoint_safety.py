@@ -204,7 +204,7 @@ def test_a_released_file_with_one_extra_key_is_refused(tmp_path, tiny_weights):
     with pytest.raises(CheckpointError, match="unexpected keys") as refused:
         load_tiny(released_file(tmp_path, tiny_weights, adapter=adapter))
     assert "linear2.weight" in str(refused.value) and "shape" not in str(refused.value)
-    assert "EmbeddingAdapter " in str(refused.value)
+    assert "EmbeddingAdapter " in str(refused.value) and "FashionFlow_checkpoint.pth" in str(refused.value)
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
@@ -332,3 +332,44 @@ def test_load_checkpoint_reads_onto_map_location(tmp_path, tiny_weights, monkeyp
     assert asked == ["meta"]
     assert {p.device.type for p in [*unet.parameters(), *adapter.parameters()]} == {"meta"}
     assert not unet.training and not adapter.training
+
+
+def test_a_refusal_lists_every_kind_of_mismatch_with_counts(tiny_weights):
+    target, _ = build_models(get_preset("tiny"))
+    state = dict(tiny_weights[0].state_dict())
+    missing = sorted(state)[:10]
+    for key in missing:
+        del state[key]
+    state["extra.bias"] = torch.zeros(2)
+    wrong = sorted(state)[5]
+    state[wrong] = torch.zeros(3, 1, 1)
+    with pytest.raises(CheckpointError) as refused:
+        load_state_strict(target, state, what="SpaceTimeUnet", path="mixed.pth")
+    message = str(refused.value)  # what it says, not how: the wording is free to change
+    assert "(10)" in message and all(k in message for k in missing[:8]) and missing[8] not in message
+    assert "+2 more" in message  # the first eight are named
+    assert "extra.bias" in message
+    assert wrong in message and "(3, 1, 1)" in message and str(tuple(target.state_dict()[wrong].shape)) in message
+
+
+def test_module_prefixes_are_stripped_only_when_every_key_has_one(tmp_path, tiny_weights):
+    unet, adapter = tiny_weights
+    net = unet.state_dict()
+    prefixed = {f"module.{k}": v for k, v in net.items()}
+    path = tmp_path / "ddp.pth"
+    torch.save({"net": prefixed, "adapter": {f"module.{k}": v for k, v in adapter.state_dict().items()}}, path)
+    read = read_checkpoint(path)
+    assert list(read["net"]) == list(net) and list(read["adapter"]) == list(adapter.state_dict())
+    mixed = {**prefixed, "to_timestep_cond.1.bias": net["to_timestep_cond.1.bias"]}
+    torch.save({"net": mixed, "adapter": {}}, path)
+    assert read_checkpoint(path)["net"].keys() == mixed.keys()  # not a DDP state dict: left as it is
+
+
+def test_a_file_that_is_not_a_dict_is_named_for_what_it_holds(tmp_path):
+    path = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="Tensor"):
+        read_checkpoint(path)
+    torch.save({"weights": {}, "opt": {}}, path)
+    with pytest.raises(CheckpointError, match=r"\['opt', 'weights'\]"):
+        read_checkpoint(path)
