@@ -244,3 +244,32 @@ def test_dpm_solver_is_second_order_multistep_with_a_first_order_final_step(step
     out = sample_latents(eps_model, start, make_scheduler("dpmsolver++", steps), first_frame=first)
     expected = sample_latents(eps_model, start, reference, first_frame=first)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_sampling_reports_each_step_to_the_callback():
+    seen = []
+    out = sample_latents(
+        lambda x, t: 0.1 * x,
+        torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0)),
+        make_scheduler("ddim", 3),
+        first_frame=torch.zeros(1, 4, 4, 4),
+        callback=lambda i, n, latents: seen.append((i, n, latents.clone())),
+    )
+    assert [(i, n) for i, n, _ in seen] == [(0, 3), (1, 3), (2, 3)]
+    torch.testing.assert_close(seen[-1][2], out, rtol=0, atol=0)  # the latents after that step, frame 0 reset
+    assert all(torch.equal(latents[:, :, 0], torch.zeros(1, 4, 4, 4)) for _, _, latents in seen)
+
+
+def test_schedules_over_other_betas():
+    betas = torch.linspace(0.1, 0.5, 10, dtype=torch.float64)
+    schedule = NoiseSchedule(betas)
+    assert schedule.num_steps == 10 and schedule.betas.dtype == torch.float32
+    expected = [math.prod(1 - b for b in betas.tolist()[: k + 1]) for k in range(10)]
+    torch.testing.assert_close(schedule.alphas_cumprod.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    scheduler = make_scheduler("ddim", 10, betas=betas)
+    assert scheduler.timesteps.tolist() == list(range(9, -1, -1))
+    torch.testing.assert_close(scheduler.alphas_cumprod.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="between 1 and 10"):
+        make_scheduler("ddpm", 11, betas=betas)
+    with pytest.raises(ValueError, match="between 1 and 1000"):
+        make_scheduler("ddpm", 1001)
