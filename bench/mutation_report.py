@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import fnmatch
 import os
 import re
@@ -42,11 +43,27 @@ def read_equivalent() -> dict[str, str]:
     return reasons
 
 
-def change(mutmut: str, name: str) -> str:
-    """The mutant's changed lines, from `mutmut show`, as one short string."""
-    out = subprocess.run([mutmut, "show", name], cwd=ROOT, capture_output=True, text=True).stdout
-    lines = [line for line in out.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    return " / ".join(" ".join(line.split()) for line in lines) or "(no diff shown)"
+def function_source(path: Path, name: str) -> list[str]:
+    """The lines of `def <name>(` in mutmut's mutated copy of a module, up to the next definition at its indentation."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"def {name}("))
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) <= indent),
+        len(lines),
+    )
+    return lines[start + 1 : end]
+
+
+def change(name: str) -> str:
+    """The mutant's changed lines against the original function (what `mutmut show` prints), as one short string."""
+    module, _, function = name.partition(".x")
+    path = ROOT / "mutants" / Path(*module.split(".")).with_suffix(".py")
+    original = function_source(path, "x" + function.partition("__mutmut_")[0] + "__mutmut_orig")
+    mutated = function_source(path, "x" + function)
+    diff = difflib.unified_diff(original, mutated, lineterm="", n=0)
+    lines = [line for line in diff if line[:1] in "+-" and line[1:].strip() and not line.startswith(("+++", "---"))]
+    return " / ".join(" ".join(line.split()) for line in lines) or "(no difference found)"
 
 
 def module_of(name: str) -> str:
@@ -58,7 +75,7 @@ def in_scope(results: dict[str, str], patterns: list[str]) -> dict[str, str]:
 
 
 def survivors(results: dict[str, str], equivalent: dict[str, str]) -> list[str]:
-    return sorted(n for n, s in results.items() if s not in CAUGHT and n not in equivalent)
+    return sorted(n for n, s in results.items() if s not in CAUGHT | {"not checked"} and n not in equivalent)
 
 
 def md_code(text: str) -> str:
@@ -85,7 +102,7 @@ def report(results: dict[str, str], equivalent: dict[str, str], mutmut: str, arg
     rate = 100 * caught / relevant if relevant else 0.0
 
     elapsed = args.seconds or (ELAPSED.read_text().strip() if ELAPSED.is_file() else "")
-    version = subprocess.run([mutmut, "--version"], capture_output=True, text=True).stdout.strip() or "mutmut"
+    version = subprocess.run([mutmut, "--version"], capture_output=True, text=True).stdout.strip().replace(", version", "")
     lines = [
         "# Mutation testing",
         "",
@@ -96,7 +113,8 @@ def report(results: dict[str, str], equivalent: dict[str, str], mutmut: str, arg
         f"**Kill rate: {rate:.1f}%** of the {relevant} non-equivalent mutants ({caught} caught: "
         f"{totals['killed']} by a failing test, {totals['timeout']} by a timeout, {totals['segfault']} by a crash; "
         f"{len(open_)} not caught). "
-        f"{totals['equivalent']} survivors are equivalent mutants, explained below.",
+        f"{totals['equivalent']} survivors are equivalent mutants, explained below."
+        + (f" {totals['not checked']} mutants were not checked (the run was cut short)." if totals["not checked"] else ""),
         "",
         "| module | mutants | caught | survived | equivalent | no tests / other | kill rate |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -109,7 +127,7 @@ def report(results: dict[str, str], equivalent: dict[str, str], mutmut: str, arg
     ]
     if open_:
         lines += ["| mutant | status | change |", "| --- | --- | --- |"]
-        lines += [f"| {n} | {results[n]} | {md_code(change(mutmut, n))} |" for n in open_]
+        lines += [f"| {n} | {results[n]} | {md_code(change(n))} |" for n in open_]
     else:
         lines.append("None.")
     lines += [
@@ -121,7 +139,7 @@ def report(results: dict[str, str], equivalent: dict[str, str], mutmut: str, arg
     ]
     if equivalent:
         lines += ["| mutant | change | why it is equivalent |", "| --- | --- | --- |"]
-        lines += [f"| {n} | {md_code(change(mutmut, n))} | {equivalent[n]} |" for n in sorted(equivalent)]
+        lines += [f"| {n} | {md_code(change(n))} | {equivalent[n]} |" for n in sorted(equivalent)]
     else:
         lines.append("None.")
     if stale:
