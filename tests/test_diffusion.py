@@ -273,3 +273,27 @@ def test_schedules_over_other_betas():
         make_scheduler("ddpm", 11, betas=betas)
     with pytest.raises(ValueError, match="between 1 and 1000"):
         make_scheduler("ddpm", 1001)
+
+
+def test_ddim_steps_follow_the_ddim_formula_down_to_a_clean_last_step():
+    # DDIM, eta = 0 (Song et al. 2021, eq. 12): x_prev = sqrt(ac_prev) x0_pred + sqrt(1 - ac_prev) eps, where
+    # x0_pred = (x - sqrt(1 - ac_t) eps) / sqrt(ac_t); the step after t = 249 of 4 is the clean end (ac_prev = 1)
+    ac = spec_alphas_cumprod()
+    scheduler = make_scheduler("ddim", 4)
+    x = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 2
+    eps = torch.tanh(x)
+    for t, prev in ((999, 749), (749, 499), (249, None)):
+        x0_pred = (x - math.sqrt(1 - ac[t]) * eps) / math.sqrt(ac[t])
+        a_prev = 1.0 if prev is None else ac[prev]
+        expected = math.sqrt(a_prev) * x0_pred + math.sqrt(1 - a_prev) * eps
+        torch.testing.assert_close(scheduler.step(eps, t, x).prev_sample, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_keeps_the_latents_dtype_whatever_the_model_returns():
+    out = sample_latents(
+        lambda x, t: (0.1 * x).double(),  # e.g. a model run under another precision
+        torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0)),
+        make_scheduler("ddim", 3),
+        first_frame=torch.zeros(1, 4, 4, 4),
+    )
+    assert out.dtype == torch.float32
