@@ -612,3 +612,5 @@ def test_latest_pth_points_at_the_newest_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pth", "step_0000003.pth", "step_0000004.pth"]
     prune_checkpoints(tmp_path, keep_last=0)  # 0 keeps all
     assert len(list(tmp_path.glob("step_*.pth"))) == 2
+    prune_checkpoints(tmp_path, keep_last=1)
+    assert [p.name for p in tmp_path.glob("step_*.pth")] == ["step_0000004.pth"]
