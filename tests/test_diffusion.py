@@ -297,3 +297,11 @@ def test_sampling_keeps_the_latents_dtype_whatever_the_model_returns():
         first_frame=torch.zeros(1, 4, 4, 4),
     )
     assert out.dtype == torch.float32
+
+
+def test_training_noise_stays_on_the_latents_device():
+    # "meta" tensors stand in for a GPU here: a CPU-only test still sees which device each step lands on
+    schedule = NoiseSchedule()
+    t = schedule.sample_timesteps(2, generator=torch.Generator().manual_seed(0), device="meta")
+    x0 = torch.zeros(2, 4, 3, 4, 4, device="meta")
+    assert t.device.type == "meta" and schedule.add_noise(x0, x0, t).device.type == "meta"
