@@ -570,6 +570,10 @@ def test_uneven_ranks_drop_the_remainder_and_the_seed_shapes_the_order():
     assert len({x for order in per_rank for x in order}) == 9
     assert per_rank == [reference_order(10, 0, seed=5, rank=r, world_size=3) for r in range(3)]
     assert list(ResumableSampler(items, num_replicas=1, rank=0, seed=5)) != reference_order(10, 0, seed=0)
+    sampler = ResumableSampler(items, num_replicas=3, rank=1, seed=5)
+    assert len(sampler) == 3  # before any set_epoch: the whole of epoch 0
+    sampler.set_epoch(2)  # no skip: the whole epoch
+    assert len(sampler) == 3 and list(sampler) == reference_order(10, 2, seed=5, rank=1, world_size=3)
 
 
 def test_resume_setting_picks_the_checkpoint(tmp_path):
