@@ -281,6 +281,9 @@ def test_without_step_numbers_the_newest_file_wins(tmp_path):
     atomic_torch_save({}, tmp_path / "step_0000001.pth")
     os.utime(tmp_path / "step_0000001.pth", (time.time() - 100, time.time() - 100))
     assert latest_checkpoint(tmp_path).name == "step_0000001.pth"  # any step number beats no step number
+    atomic_torch_save({}, tmp_path / "kept_step_0000500.pth")  # the number after the last underscore counts
+    os.utime(tmp_path / "kept_step_0000500.pth", (time.time() - 200, time.time() - 200))
+    assert latest_checkpoint(tmp_path).name == "kept_step_0000500.pth"
 
 
 # ---------------------------------------------------------------------------------------------------- safetensors
