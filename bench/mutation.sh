@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing: do the tests fail when the code is wrong? (not in CI: about an hour on 2 CPU cores)
+# Mutation testing: do the tests fail when the code is wrong? (not in CI: two hours or more on 2 CPU cores)
 #
 #   pip install -r requirements-mutation.txt     # mutmut, pinned
 #   bench/mutation.sh                            # fresh run; writes bench/results/mutation.md
