@@ -100,7 +100,6 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
     return scheduler
 
 
-@torch.no_grad()
 def sample_latents(
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     latents: torch.Tensor,
@@ -112,15 +111,16 @@ def sample_latents(
 ) -> torch.Tensor:
     """Run `scheduler` from noise `latents` [b, c, f, h, w]; `eps_model(x, t [b] float) -> eps`.
 
-    Frame 0 is re-imposed before the first and after every step, as in the original.
+    Frame 0 is re-imposed before the first and after every step, as in the original. Runs without autograd.
     """
-    latents = condition_first_frame(latents * scheduler.init_noise_sigma, first_frame)
-    timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
-        t_batch = torch.full((latents.shape[0],), float(t), device=latents.device)
-        eps = eps_model(scheduler.scale_model_input(latents, t), t_batch).to(latents.dtype)
-        latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
-        latents = condition_first_frame(latents, first_frame)
-        if callback is not None:
-            callback(i, len(timesteps), latents)
+    with torch.no_grad():  # a block, not a decorator: mutmut (bench/mutation.sh) leaves decorated functions unmutated
+        latents = condition_first_frame(latents * scheduler.init_noise_sigma, first_frame)
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            t_batch = torch.full((latents.shape[0],), float(t), device=latents.device)
+            eps = eps_model(scheduler.scale_model_input(latents, t), t_batch).to(latents.dtype)
+            latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
+            latents = condition_first_frame(latents, first_frame)
+            if callback is not None:
+                callback(i, len(timesteps), latents)
     return latents

@@ -141,16 +141,17 @@ class EMA:
         self.unet = copy.deepcopy(unwrap(unet)).eval().requires_grad_(False)
         self.adapter = copy.deepcopy(unwrap(adapter)).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, unet: nn.Module, adapter: nn.Module) -> None:
         # warm-up so early EMA weights are not dominated by the random initialisation
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        for ema, live in ((self.unet, unwrap(unet)), (self.adapter, unwrap(adapter))):
-            ema_params, live_params = list(ema.parameters()), list(live.parameters())
-            torch._foreach_lerp_(ema_params, live_params, 1 - decay)
-            for ema_buf, live_buf in zip(ema.buffers(), live.buffers()):
-                ema_buf.copy_(live_buf)
+        # a `with` block, not a decorator: mutmut (bench/mutation.sh) leaves decorated functions unmutated
+        with torch.no_grad():
+            for ema, live in ((self.unet, unwrap(unet)), (self.adapter, unwrap(adapter))):
+                ema_params, live_params = list(ema.parameters()), list(live.parameters())
+                torch._foreach_lerp_(ema_params, live_params, 1 - decay)
+                for ema_buf, live_buf in zip(ema.buffers(), live.buffers()):
+                    ema_buf.copy_(live_buf)
 
     def state_dict(self) -> dict:
         return {"net": self.unet.state_dict(), "adapter": self.adapter.state_dict(), "updates": self.updates}

@@ -7,7 +7,8 @@ import pytest
 from traps import PickleTrap
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))  # a GPU machine gets a carried copy
+# FASHIONFLOW_SHARED: a copy of the repository elsewhere (a GPU machine, bench/mutation.sh's mutants/)
+SHARED = Path(os.environ.get("FASHIONFLOW_SHARED") or ROOT.parent / "shared")
 REFERENCE = SHARED / "reference"
 SAMPLES = SHARED / "samples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

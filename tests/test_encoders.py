@@ -293,3 +293,16 @@ def test_encoders_reject_bad_shapes(encoders):
         enc.decode_latents(torch.rand(2, 3, 16, 12))
     with pytest.raises(ValueError, match="preprocessing must be one of"):
         FrozenEncoders(enc.vae, enc.clip, preprocessing="sd")
+
+
+def test_pixel_ranges_fed_to_and_read_back_from_the_vae():
+    # SPEC "Legacy pixel range": legacy feeds [0, 1] as it is and clamps the decoder output; standard maps to [-1, 1]
+    pixels = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    decoded = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
+    legacy = FrozenEncoders(torch.nn.Identity(), torch.nn.Identity(), preprocessing="legacy")
+    standard = FrozenEncoders(torch.nn.Identity(), torch.nn.Identity(), preprocessing="standard")
+    torch.testing.assert_close(legacy._to_vae_range(pixels), pixels, rtol=0, atol=0)
+    torch.testing.assert_close(standard._to_vae_range(pixels), torch.tensor([-1.0, -0.5, 0.0, 1.0]), rtol=0, atol=0)
+    torch.testing.assert_close(legacy._from_vae_range(decoded), torch.tensor([0, 0, 0, 0, 0.5, 1, 1.0]), rtol=0, atol=0)
+    expected = torch.tensor([0, 0, 0.25, 0.5, 0.75, 1, 1.0])
+    torch.testing.assert_close(standard._from_vae_range(decoded), expected, rtol=0, atol=0)

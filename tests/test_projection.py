@@ -1,4 +1,5 @@
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from models.data import LatentVideoDataset, merge_manifests, read_manifest
 from models.encoders import FrozenEncoders
 from models.projection import choose_starts, project_dataset
 from models.tiny_components import build_tiny_vae, save_tiny_encoders
-from models.video_io import read_video_frames, write_mp4
+from models.video_io import count_frames, read_video_frames, write_mp4
 from project_latent_space import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,8 @@ def test_other_settings_into_the_same_folder_are_refused(good_videos, vae_dir, t
     assert project(good_videos, tmp_path, vae_dir) == 0
     with pytest.raises(ValueError, match=r"frames=8 \(now 16\).*new --output_dir"):
         project(good_videos, tmp_path, vae_dir, "--frames", "16")
+    with pytest.raises(ValueError, match=r"frames=8 \(now 16\), preprocessing='standard' \(now 'legacy'\)\);"):
+        project(good_videos, tmp_path, vae_dir, "--frames", "16", "--preprocessing", "legacy")
 
 
 def test_the_same_vae_folder_spelled_differently_resumes(good_videos, vae_dir, tmp_path, monkeypatch, capsys):
@@ -199,7 +202,72 @@ def test_only_bad_videos_exit_nonzero(mixed_videos, vae_dir, tmp_path, capsys):
     for name in BAD:
         shutil.copy(mixed_videos / name, folder / name)
     assert project(folder, tmp_path / "out", vae_dir) == 1
-    assert "skipped       4 videos" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "skipped       4 videos" in report
+    for name, reason in BAD.items():  # in-process too, so that mutation testing counts these checks
+        assert any(line.strip().startswith(f"{name}: ") and reason in line for line in report.splitlines()), name
+
+
+def test_a_video_exactly_one_clip_long_is_projected(vae_dir, tmp_path):
+    folder = tmp_path / "videos"
+    write_mp4(torch.rand(8, 3, *SIZE, generator=torch.Generator().manual_seed(0)), folder / "eight.mp4")
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["eight"] and read_manifest(tmp_path / "out")["eight"]["start_frame"] == 0
+
+
+def test_a_container_that_understates_its_length_is_counted(good_videos, vae_dir, tmp_path, monkeypatch):
+    import models.projection
+    from models.video_io import VideoInfo
+
+    real = models.projection.probe_video
+    monkeypatch.setattr(models.projection, "probe_video", lambda path: VideoInfo(3, *list(vars(real(path)).values())[1:]))
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
+    summary = project_dataset(good_videos, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["blue01", "green03"] and not summary.skipped
+
+
+def test_a_finished_video_is_not_opened_again(good_videos, vae_dir, tmp_path, monkeypatch):
+    import models.projection
+
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
+    options = dict(frames=8, clips_per_video=2, size=SIZE, preprocessing="standard", vae=str(vae_dir), progress=False)
+    assert len(project_dataset(good_videos, tmp_path, encoders, **options).projected) == 4
+
+    def no_opening(path):
+        raise AssertionError(f"{path} was opened although all its clips are done")
+
+    monkeypatch.setattr(models.projection, "probe_video", no_opening)
+    monkeypatch.setattr(models.projection, "iter_video_frames", no_opening)
+    again = project_dataset(good_videos, tmp_path, encoders, **options)
+    assert sorted(again.already_done) == ["blue01", "blue01_clip1", "green03", "green03_clip1"]
+    assert not again.projected and not again.failed
+
+
+def test_videos_cut_short_are_skipped_or_reframed_in_process(vae_dir, tmp_path, capsys):
+    # our mp4s keep their index at the front (faststart), so a cut file still advertises its 20 frames
+    full = write_mp4(torch.rand(20, 3, *SIZE, generator=torch.Generator().manual_seed(0)), tmp_path / "full.mp4")
+    data = full.read_bytes()
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    for percent in (10, 30, 70):
+        (folder / f"cut{percent}.mp4").write_bytes(data[: len(data) * percent // 100])
+    encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert sorted(summary.skipped) == ["cut10.mp4", "cut30.mp4"] and not summary.failed
+    assert summary.skipped["cut10.mp4"] == "empty or not a video: no frame could be decoded"
+    log = capsys.readouterr()
+    assert "skipped cut10.mp4: empty or not a video" in log.err and "cut10" not in log.out  # logged on stderr
+    decodable = count_frames(folder / "cut30.mp4")
+    assert 0 < decodable < 8
+    assert summary.skipped["cut30.mp4"] == f"truncated: decoding stopped at frame {decodable} of 20 advertised"
+    # decodes fewer frames than advertised, but enough: the clip is placed again inside what decodes
+    assert summary.projected == ["cut70"]
+    entry = read_manifest(tmp_path / "out")["cut70"]
+    assert entry["start_frame"] + 8 <= count_frames(folder / "cut70.mp4") < 20
 
 
 class FailingOnce:
@@ -218,13 +286,90 @@ class FailingOnce:
         return self.encoders.encode_frames(frames, **kwargs)
 
 
-def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path):
+class Recording:
+    """Real encoders that record what each clip is encoded from: its frames, its noise seed, its chunk size."""
+
+    def __init__(self, encoders):
+        self.encoders, self.calls = encoders, []
+
+    def latent_size(self, height, width):
+        return self.encoders.latent_size(height, width)
+
+    def encode_frames(self, frames, *, generator, chunk_size):
+        self.calls.append({"frames": frames.clone(), "seed": generator.initial_seed(), "chunk_size": chunk_size})
+        return self.encoders.encode_frames(frames, generator=generator, chunk_size=chunk_size)
+
+
+def test_each_clip_is_its_source_frames_with_its_own_noise(good_videos, vae_dir, tmp_path):
+    def run(seed, out):
+        encoders = Recording(FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard"))
+        project_dataset(good_videos, out, encoders, frames=8, clips_per_video=2, seed=seed, batch_size=3, size=SIZE,
+                        preprocessing="standard", vae=str(vae_dir), progress=False)  # fmt: skip
+        entries = sorted(read_manifest(out).values(), key=lambda e: (e["source"], e["clip_index"]))
+        return encoders.calls, entries
+
+    calls, entries = run(0, tmp_path / "a")
+    assert len(calls) == len(entries) == 4
+    for call, entry in zip(calls, entries):
+        source = read_video_frames(entry["source"], start=entry["start_frame"], count=8, size=SIZE)
+        torch.testing.assert_close(call["frames"], source, atol=0, rtol=0)  # frames start_frame .. start_frame + 7
+        assert call["chunk_size"] == 3  # --batch_size
+        stem = Path(entry["source"]).stem
+        assert entry == {
+            "name": stem if entry["clip_index"] == 0 else f"{stem}_clip1",
+            "source": str(good_videos / f"{stem}.mp4"),
+            "start_frame": entry["start_frame"],
+            "frames": 8,
+            "size": [64, 48],
+            "latent_shape": [8, 4, 16, 12],
+            "seed": 0,
+            "clip_index": entry["clip_index"],
+            "preprocessing": "standard",
+            "vae": str(vae_dir),
+        }
+        image = torch.load(tmp_path / "a" / f"{entry['name']}_image.pt", weights_only=True)
+        torch.testing.assert_close(image, source[0], atol=0, rtol=0)
+        assert torch.load(tmp_path / "a" / f"{entry['name']}.pt", weights_only=True).shape == (8, 4, 16, 12)
+    assert sorted(e["clip_index"] for e in entries) == [0, 0, 1, 1]
+    seeds = [call["seed"] for call in calls]
+    assert len(set(seeds)) == 4, "two clips share their VAE noise"
+    assert [call["seed"] for call in run(0, tmp_path / "b")[0]] == seeds  # reproducible
+    other_calls, other_entries = run(1, tmp_path / "c")
+    assert not set(seeds) & {call["seed"] for call in other_calls}  # --seed changes every clip's noise
+    # and where clips start: per video and per seed
+    starts = [[e["start_frame"] for e in entries if e["source"].endswith(f"{stem}.mp4")] for stem in ("blue01", "green03")]
+    assert starts[0] != starts[1]
+    assert [e["start_frame"] for e in other_entries] != [e["start_frame"] for e in entries]
+
+
+def test_with_decoding_one_video_ahead_each_clip_still_comes_from_its_own_video(vae_dir, tmp_path):
+    folder = tmp_path / "videos"
+    for i in range(4):  # enough videos that the one decoded ahead is never the last
+        write_mp4(torch.rand(10, 3, *SIZE, generator=torch.Generator().manual_seed(i)), folder / f"v{i}.mp4")
+    encoders = Recording(FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard"))
+    summary = project_dataset(folder, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir), progress=False)  # fmt: skip
+    assert summary.projected == ["v0", "v1", "v2", "v3"] and summary.frames_encoded == 32
+    manifest = read_manifest(tmp_path / "out")
+    for call, name in zip(encoders.calls, summary.projected):
+        entry = manifest[name]
+        assert entry["source"] == str(folder / f"{name}.mp4")
+        source = read_video_frames(entry["source"], start=entry["start_frame"], count=8, size=SIZE)
+        torch.testing.assert_close(call["frames"], source, atol=0, rtol=0)
+
+
+def test_an_unexpected_error_fails_that_video_only(good_videos, vae_dir, tmp_path, capsys):
     encoders = FailingOnce(FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard"))
     summary = project_dataset(good_videos, tmp_path, encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
-    assert list(summary.failed) == ["blue01.mp4"] and "RuntimeError: device lost" in summary.failed["blue01.mp4"]
+    assert list(summary.failed) == ["blue01.mp4"]
+    # the error and where it was raised (the last frame of its traceback: FailingOnce.encode_frames, above)
+    assert re.fullmatch(r"RuntimeError: device lost \(at test_projection\.py:\d+\)", summary.failed["blue01.mp4"])
     assert summary.projected == ["green03"] and summary.exit_code == 1
     assert "blue01.mp4: RuntimeError: device lost" in summary.report()
+    log = capsys.readouterr().err  # the whole traceback, for the bug report
+    assert "FAILED blue01.mp4:\nTraceback (most recent call last):\n" in log
+    assert "RuntimeError: device lost\n" in log and "device lost\n\n" not in log
 
 
 def test_ranks_split_the_videos_with_the_same_result(good_videos, vae_dir, tmp_path):
@@ -272,6 +417,7 @@ def test_choose_starts_when_clips_must_overlap():
     starts = choose_starts(10, 8, 5, random.Random(0))
     assert starts == [0, 1, 2]  # only three distinct starts exist
     assert choose_starts(7, 8, 1, random.Random(0)) == []
+    assert choose_starts(8, 8, 3, random.Random(0)) == [0]  # one clip's worth of frames: one start
     overlapping = choose_starts(20, 8, 3, random.Random(0))
     assert overlapping == [0, 6, 12] and np.all(np.diff(overlapping) > 0)
 
@@ -349,3 +495,96 @@ def test_long_names_and_entries_that_are_not_videos_are_reported(good_videos, va
     assert summary.skipped["folder.mp4"] == "a folder, not a file"
     assert summary.skipped["loop.mp4"] == "a broken symbolic link or a link loop"
     assert "skipped       3 videos" in summary.report()
+
+
+def test_the_summary_of_several_ranks_adds_up_and_reads_as_printed():
+    from models.projection import ProjectionSummary
+
+    parts = [
+        ProjectionSummary(projected=["a"], already_done=["b"], skipped={"x.mp4": "too short"}, frames_encoded=8),
+        ProjectionSummary(projected=["c", "d"], failed={"y.mp4": "RuntimeError: boom"}, frames_encoded=16),
+    ]
+    total = ProjectionSummary.merge(parts)
+    assert (total.projected, total.already_done, total.frames_encoded) == (["a", "c", "d"], ["b"], 24)
+    assert total.skipped == {"x.mp4": "too short"} and total.failed == {"y.mp4": "RuntimeError: boom"}
+    assert total.exit_code == 1 and parts[0].exit_code == 0
+    assert total.report() == (
+        "projection summary\n"
+        "  projected     3 clips (24 frames encoded)\n"
+        "  already done  1 clips\n"
+        "  skipped       1 videos\n"
+        "    x.mp4: too short\n"
+        "  failed        1 videos (unexpected errors)\n"
+        "    y.mp4: RuntimeError: boom"
+    )
+
+
+def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, monkeypatch):
+    from models.projection import _same_setting
+
+    monkeypatch.chdir(tmp_path)
+    assert _same_setting("org/vae", "org/vae") and not _same_setting("org/vae", "./org/vae")  # hub ids: the text
+    (tmp_path / "org" / "vae").mkdir(parents=True)
+    assert _same_setting("org/vae", str(tmp_path / "org" / "vae"))  # a folder: wherever it is spelled from
+    assert not _same_setting([64, 48], [64, 40]) and _same_setting([64, 48], [64, 48])
+
+
+def test_the_video_list_skips_folders_and_hidden_files(tmp_path):
+    from models.projection import list_videos
+
+    for name in ("b.mp4", "a.mov", ".a.mp4.part"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "c_subfolder").mkdir()
+    assert [p.name for p in list_videos(tmp_path)] == ["a.mov", "b.mp4"]
+
+
+def test_every_video_whose_outputs_would_overwrite_anothers_is_named():
+    from models.projection import _name_collisions
+
+    videos = [Path(n) for n in ("a.mov", "a.mp4", "b.mp4", "b_image.mp4", "c.mp4", "c_clip1.mp4", "d.mp4")]
+    assert sorted(_name_collisions(videos, clips=1)) == ["a.mp4", "b_image.mp4"]  # c_clip1.pt is free with one clip
+    clashes = _name_collisions(videos, clips=2)
+    assert sorted(clashes) == ["a.mp4", "b_image.mp4", "c_clip1.mp4"]
+    assert "clash with c.mp4's" in clashes["c_clip1.mp4"] and "clash with b.mp4's" in clashes["b_image.mp4"]
+
+
+def test_projection_encoders_take_the_asked_preprocessing_precision_and_device(vae_dir, monkeypatch):
+    import models.encoders
+    from models.config import get_preset
+
+    def vae_only(preprocessing, **kwargs):  # what projection.project loads: the VAE alone
+        return FrozenEncoders.from_config(
+            get_preset("tiny", preprocessing=preprocessing), vae=str(vae_dir), with_clip=False, **kwargs
+        )
+
+    encoders = vae_only("standard", dtype=torch.bfloat16)
+    assert (encoders.preprocessing, encoders.dtype, encoders.device.type) == ("standard", torch.bfloat16, "cpu")
+    assert encoders.clip is None
+    asked, real_load = [], models.encoders.load_vae
+
+    def spy(name, *, device, dtype):  # the device reaches the loader; the weights stay on this CPU-only machine
+        asked.append((device, dtype))
+        return real_load(name, device="cpu", dtype=dtype)
+
+    monkeypatch.setattr(models.encoders, "load_vae", spy)
+    vae_only("legacy", device="cuda:1", dtype=torch.float16)
+    assert asked == [("cuda:1", torch.float16)]
+
+
+def test_project_dataset_defaults_and_argument_checks(good_videos, vae_dir, tmp_path, capsys):
+    encoders = Recording(FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard"))
+    output = tmp_path / "nested" / "one"  # made with its parents
+    summary = project_dataset(good_videos, output, encoders, frames=1, size=SIZE, preprocessing="standard",
+                              vae=str(vae_dir))  # fmt: skip
+    assert summary.projected == ["blue01", "green03"]  # one-frame clips are clips too
+    assert [e["seed"] for e in read_manifest(output).values()] == [0, 0]  # seed 0 by default
+    assert [call["chunk_size"] for call in encoders.calls] == [8, 8]  # 8 frames per VAE call by default
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert "2/2" in bar and ("video/s" in bar or "s/video" in bar)  # a progress bar by default, counting videos
+    assert "frames=2" in bar and summary.frames_encoded == 2  # and the frames encoded so far
+    options = dict(preprocessing="standard", vae=str(vae_dir), progress=False)
+    assert project_dataset(good_videos, tmp_path / "two", encoders, frames=1, batch_size=1, size=SIZE, **options).projected
+    assert "2/2" not in capsys.readouterr().err  # progress=False: no bar
+    for bad in ({"frames": 0}, {"clips_per_video": 0}, {"batch_size": 0}, {"size": (64,)}, {"size": (0, 48)}):
+        with pytest.raises(ValueError, match="must be at least 1|size must be"):
+            project_dataset(good_videos, tmp_path / "bad", encoders, **{"frames": 8, "size": SIZE, **bad}, **options)
