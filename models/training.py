@@ -349,50 +349,88 @@ def train(cfg: TrainConfig, *, local_rank: int | None = None) -> dict:
         cleanup_distributed()
 
 
-def _train(cfg: TrainConfig, env: DistEnv) -> dict:
-    from tqdm.auto import tqdm
+@dataclass
+class TrainingRun:
+    """What one training run holds: built by `start_run`, advanced by the loop in `_train`."""
 
-    from .encoders import FrozenEncoders
+    cfg: TrainConfig
+    env: DistEnv
+    config: ModelConfig
+    unet: nn.Module
+    adapter: nn.Module
+    objective: TrainingObjective
+    model: nn.Module  # the objective, wrapped in DistributedDataParallel when there is a process group
+    opt: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    encoders: nn.Module
+    loader: DataLoader
+    sampler: ResumableSampler
+    batches_per_epoch: int
+    total_steps: int
+    generator: torch.Generator  # every random draw of this rank
+    say: object  # prints on rank 0 only
+    writer: object = None  # TensorBoard, rank 0 only
+    step: int = 0
+    epoch: int = 0
+    start_batch: int = 0  # the batch of `epoch` to read next
+    loss: float = math.nan  # of the last finite step, averaged over ranks
+    last_saved: Path | None = None
 
-    dev, output_dir = env.device, Path(cfg.output_dir)
-    say = tqdm.write if env.is_main else (lambda message: None)
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.objective.parameters() if p.requires_grad]
 
-    # ---- what to resume (rank 0 decides, so every rank loads the same file)
+    @property
+    def sample_weights(self) -> tuple[nn.Module, nn.Module]:
+        return (self.ema.unet, self.ema.adapter) if self.ema is not None else (self.unet, self.adapter)
+
+
+def choose_resume(cfg: TrainConfig, env: DistEnv, say) -> tuple[Path | None, dict | None]:
+    """Rank 0 picks the checkpoint to resume from (after clearing a killed run's partial writes); every rank
+    then reads that same file."""
     if env.is_main:
-        remove_partial_writes(output_dir)
-    resume_path, ckpt = resolve_resume(cfg.resume, output_dir, say) if env.is_main else (None, None)
-    resume_path = all_gather_objects(resume_path)[0]
-    if ckpt is None and resume_path is not None:
-        ckpt = read_checkpoint(resume_path, map_location="cpu")
-    config = model_config_for(cfg, ckpt)
+        remove_partial_writes(Path(cfg.output_dir))
+    path, ckpt = resolve_resume(cfg.resume, cfg.output_dir, say) if env.is_main else (None, None)
+    path = all_gather_objects(path)[0]
+    if ckpt is None and path is not None:
+        ckpt = read_checkpoint(path, map_location="cpu")
+    return path, ckpt
 
-    # ---- models, identical on every rank
+
+def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: dict | None, path) -> dict:
+    """UNet and adapter (seeded, so identical on every rank; the checkpoint's live weights on resume), their
+    DDP wrapper, AdamW, the learning-rate schedule, the fp16 gradient scaler and the EMA."""
     torch.manual_seed(cfg.seed)
     unet, adapter = build_models(config)
     if ckpt is not None:
-        load_weights(unet, adapter, ckpt, path=resume_path)  # the live weights; the EMA's are restored below
+        load_weights(unet, adapter, ckpt, path=path)  # the EMA's weights are restored with the training state
     unet.enable_gradient_checkpointing(cfg.grad_checkpointing)
-    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(dev).train()
+    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(env.device).train()
     model = objective
     if env.distributed:
         # buffers are fixed at init and identical on every rank: no per-forward buffer broadcast (as the original)
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
         model = DistributedDataParallel(
-            objective,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            forward_sync_buffers=False,
-            gradient_as_bucket_view=True,
+            objective, device_ids=device_ids, forward_sync_buffers=False, gradient_as_bucket_view=True
         )
-    params = [p for p in objective.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = (lambda s: min(1.0, (s + 1) / cfg.warmup_steps)) if cfg.warmup_steps > 0 else (lambda s: 1.0)
+    return dict(
+        unet=unet,
+        adapter=adapter,
+        objective=objective,
+        model=model,
+        opt=opt,
+        lr_scheduler=torch.optim.lr_scheduler.LambdaLR(opt, warmup),
+        scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16"),
+        ema=EMA(unet, adapter, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
-    ema = EMA(unet, adapter, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    encoders = FrozenEncoders.from_config(config, vae=cfg.vae, clip=cfg.clip, device=dev)
-    encoders.check_config(config)
 
-    # ---- data: one sampler code path, distributed or not
+
+def open_loader(cfg: TrainConfig, env: DistEnv, config: ModelConfig, encoders) -> dict:
+    """The projected clips behind one resumable sampler (distributed or not), and how many steps to train."""
     dataset = open_dataset(cfg, config, encoders.image_size(config.latent_size))
     sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed)
     loader = DataLoader(
@@ -401,7 +439,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
         sampler=sampler,
         num_workers=cfg.num_workers,
         drop_last=True,
-        pin_memory=dev.type == "cuda",
+        pin_memory=env.device.type == "cuda",
     )
     batches_per_epoch = len(sampler.inner) // cfg.batch_size
     if batches_per_epoch == 0:
@@ -410,166 +448,217 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
             f"{cfg.batch_size}; project more videos or lower --batch_size"
         )
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * batches_per_epoch // cfg.grad_accum
-    say(
-        f"{len(dataset)} clips, {env.world_size} process(es) on {dev.type} ({env.backend or 'no process group'}), "
-        f"batch {cfg.batch_size} per process x {cfg.grad_accum} accumulation = "
-        f"{cfg.batch_size * cfg.grad_accum * env.world_size} per step, {total_steps} steps, {cfg.precision}"
+    return dict(loader=loader, sampler=sampler, batches_per_epoch=batches_per_epoch, total_steps=total_steps)
+
+
+def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
+    from tqdm.auto import tqdm
+
+    from .encoders import FrozenEncoders
+
+    say = tqdm.write if env.is_main else (lambda message: None)
+    path, ckpt = choose_resume(cfg, env, say)
+    config = model_config_for(cfg, ckpt)
+    encoders = FrozenEncoders.from_config(config, vae=cfg.vae, clip=cfg.clip, device=env.device)
+    encoders.check_config(config)
+    run = TrainingRun(
+        cfg=cfg,
+        env=env,
+        config=config,
+        encoders=encoders,
+        generator=rank_generator(cfg.seed, env.rank),
+        say=say,
+        **build_trainables(cfg, env, config, ckpt, path),
+        **open_loader(cfg, env, config, encoders),
     )
-
-    # ---- training state from the checkpoint
-    generator = rank_generator(cfg.seed, env.rank)
-    step, epoch, start_batch, loss_value, last_saved = 0, 0, 0, float("nan"), None
-    if ckpt is not None and "step" in ckpt:
-        opt.load_state_dict(ckpt["opt"])
-        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if scaler.is_enabled() and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"], path=resume_path)
-        step, epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        loss_value, last_saved = ckpt.get("loss", loss_value), resume_path
-        same_layout = ckpt.get("world_size") == env.world_size and ckpt.get("batch_size") == cfg.batch_size
-        if not (same_layout and restore_rng_states(ckpt.get("rng", {}), generator, env)):
-            say(
-                f"{resume_path} was written by a run with another world size or batch size: continuing from the next "
-                "epoch with fresh random streams (the trajectory will differ from an uninterrupted run)"
-            )
-            generator = rank_generator(cfg.seed + step, env.rank)
-            epoch, start_batch = epoch + 1, 0
-        say(f"resuming from {resume_path} at step {step} (epoch {epoch}, batch {start_batch})")
-        if step >= total_steps:
-            say(f"step {step} reaches the {total_steps} steps asked for: nothing to train; raise --max_steps to go on")
-    elif ckpt is not None:
-        say(f"initialised the weights from {resume_path} (no training state in it): starting at step 0")
-    del ckpt
-
-    writer = None
+    say(
+        f"{len(run.loader.dataset)} clips, {env.world_size} process(es) on {env.device.type} "
+        f"({env.backend or 'no process group'}), batch {cfg.batch_size} per process x {cfg.grad_accum} accumulation = "
+        f"{cfg.batch_size * cfg.grad_accum * env.world_size} per step, {run.total_steps} steps, {cfg.precision}"
+    )
+    if ckpt is not None:
+        restore_training_state(run, ckpt, path)
     if env.is_main:
         from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(cfg.log_dir)
+        run.writer = SummaryWriter(cfg.log_dir)
+    return run
+
+
+def restore_training_state(run: TrainingRun, ckpt: dict, path: Path) -> None:
+    """Optimizer, schedule, scaler, EMA, position and RNG streams from `ckpt`; a file without training state
+    (a released or exported checkpoint) only initialises the weights."""
+    if "step" not in ckpt:
+        run.say(f"initialised the weights from {path} (no training state in it): starting at step 0")
+        return
+    run.opt.load_state_dict(ckpt["opt"])
+    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if run.scaler.is_enabled() and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None and ckpt.get("ema"):
+        run.ema.load_state_dict(ckpt["ema"], path=path)
+    run.step, run.epoch, run.start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    run.loss, run.last_saved = ckpt.get("loss", run.loss), path
+    same_layout = ckpt.get("world_size") == run.env.world_size and ckpt.get("batch_size") == run.cfg.batch_size
+    if not (same_layout and restore_rng_states(ckpt.get("rng", {}), run.generator, run.env)):
+        run.say(
+            f"{path} was written by a run with another world size or batch size: continuing from the next "
+            "epoch with fresh random streams (the trajectory will differ from an uninterrupted run)"
+        )
+        run.generator = rank_generator(run.cfg.seed + run.step, run.env.rank)
+        run.epoch, run.start_batch = run.epoch + 1, 0
+    run.say(f"resuming from {path} at step {run.step} (epoch {run.epoch}, batch {run.start_batch})")
+    if run.step >= run.total_steps:
+        run.say(f"step {run.step} reaches the {run.total_steps} steps asked for: nothing to train; raise --max_steps to go on")
+
+
+def accumulate_gradients(run: TrainingRun, batches) -> dict:
+    """Forward and backward over `grad_accum` micro-batches; the loss's mean (and whether it was finite) over
+    ranks, the clip names, the last conditioning image and where the data stands after them."""
+    cfg, dev = run.cfg, run.env.device
     autocast = torch.autocast(dev.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
-    batches = epoch_batches(loader, sampler, epoch=epoch, start_batch=start_batch)
-    bar = tqdm(total=total_steps, initial=step, disable=not (env.is_main and cfg.progress), desc="train")
-    samples_per_step = cfg.batch_size * cfg.grad_accum * env.world_size
-    nonfinite_run, log_losses, log_start, grad_norm = 0, [], time.perf_counter(), torch.tensor(0.0)
+    loss_sum, names = torch.zeros((), device=dev), []
+    for micro in range(cfg.grad_accum):
+        epoch, index, batch = next(batches)
+        image = batch["image"].to(dev, non_blocking=True)  # [b, 3, H, W] in [0, 1]
+        latents = batch["latents"].to(dev, non_blocking=True).permute(0, 2, 1, 3, 4)  # [b, f, c, h, w] -> [b, c, f, h, w]
+        names += list(batch["name"])
+        with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
+            clip_hidden = run.encoders.encode_clip(image)
+            image_latent = run.encoders.encode_frames(image, generator=run.generator).to(dev)
+        t = run.objective.schedule.sample_timesteps(latents.shape[0], generator=run.generator, device=dev)
+        noise = torch.randn(latents.shape, generator=run.generator).to(dev)
+        syncing = micro == cfg.grad_accum - 1 or not run.env.distributed  # DDP all-reduces on the last one only
+        with contextlib.nullcontext() if syncing else run.model.no_sync():
+            with autocast:
+                loss = run.model(latents, clip_hidden, image_latent, t, noise)
+            run.scaler.scale(loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach().float()
+    mean, nonfinite = all_reduce_mean(torch.stack([loss_sum / cfg.grad_accum, (~torch.isfinite(loss_sum)).float()]))
+    position = (epoch + 1, 0) if index + 1 == run.batches_per_epoch else (epoch, index + 1)  # the next batch to read
+    return dict(loss=mean, finite=bool(nonfinite == 0), names=names, image=image, position=position)
 
-    # ---- the loop: one optimizer step per iteration, `grad_accum` batches each
-    while step < total_steps:
-        loss_sum = torch.zeros((), device=dev)
-        names = []
-        for micro in range(cfg.grad_accum):
-            epoch, index, batch = next(batches)
-            image = batch["image"].to(dev, non_blocking=True)  # [b, 3, H, W] in [0, 1]
-            latents = batch["latents"].to(dev, non_blocking=True).permute(0, 2, 1, 3, 4)  # [b, f, c, h, w] -> [b, c, f, h, w]
-            names += list(batch["name"])
-            with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
-                clip_hidden = encoders.encode_clip(image)
-                image_latent = encoders.encode_frames(image, generator=generator).to(dev)
-            t = objective.schedule.sample_timesteps(latents.shape[0], generator=generator, device=dev)
-            noise = torch.randn(latents.shape, generator=generator).to(dev)
-            last_micro = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if last_micro or not env.distributed else model.no_sync():
-                with autocast:
-                    loss = model(latents, clip_hidden, image_latent, t, noise)
-                scaler.scale(loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach().float()
-        # the data position after this step: the next batch to read
-        position = (epoch + 1, 0) if index + 1 == batches_per_epoch else (epoch, index + 1)
 
-        stats = all_reduce_mean(torch.stack([loss_sum / cfg.grad_accum, (~torch.isfinite(loss_sum)).float()]))
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its scale
-        finite = stats[1].item() == 0 and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm)))
-        if finite:
-            scaler.step(opt)
-            lr_scheduler.step()
-            if ema is not None:
-                ema.update(unet, adapter)
-            nonfinite_run = 0
-            loss_value = stats[0].item()
-            log_losses.append(loss_value)
-        else:
-            nonfinite_run += 1
-            all_names = sorted(n for rank_names in all_gather_objects(names) for n in rank_names)
-            say(
-                f"step {step + 1}: non-finite loss or gradient (loss {stats[0].item():.4g}, grad norm "
-                f"{grad_norm.item():.4g}) on videos {all_names}; skipped this update, weights unchanged"
+def optimizer_step(run: TrainingRun, result: dict, nonfinite_run: int) -> tuple[torch.Tensor, int]:
+    """Clip, step, schedule and update the EMA, or skip a non-finite step (stopping after `max_nonfinite` in a
+    row); returns the gradient norm and the new count of consecutive skipped steps."""
+    cfg = run.cfg
+    run.scaler.unscale_(run.opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip or math.inf)
+    # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its scale
+    if result["finite"] and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm))):
+        run.scaler.step(run.opt)
+        run.lr_scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.unet, run.adapter)
+        run.loss, nonfinite_run = result["loss"].item(), 0
+    else:
+        nonfinite_run += 1
+        names = sorted(n for rank_names in all_gather_objects(result["names"]) for n in rank_names)
+        run.say(
+            f"step {run.step + 1}: non-finite loss or gradient (loss {result['loss'].item():.4g}, grad norm "
+            f"{grad_norm.item():.4g}) on videos {names}; skipped this update, weights unchanged"
+        )
+        if nonfinite_run >= cfg.max_nonfinite:
+            raise FloatingPointError(
+                f"{nonfinite_run} consecutive non-finite steps (last at step {run.step + 1}, videos {names}); "
+                "stopping. Check those videos' projected latents, or try a lower --lr, --precision fp32 "
+                "or --grad_clip 1.0"
             )
-            if nonfinite_run >= cfg.max_nonfinite:
-                raise FloatingPointError(
-                    f"{nonfinite_run} consecutive non-finite steps (last at step {step + 1}, videos {all_names}); "
-                    "stopping. Check those videos' projected latents, or try a lower --lr, --precision fp32 "
-                    "or --grad_clip 1.0"
-                )
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        epoch, batch_in_epoch = position
-        bar.update(1)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+    return grad_norm, nonfinite_run
 
-        if env.is_main and (step % cfg.log_every == 0 or step == total_steps) and log_losses:
-            elapsed = time.perf_counter() - log_start
-            mean_loss = sum(log_losses) / len(log_losses)
-            writer.add_scalar("train/loss", mean_loss, step)
-            writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
-            writer.add_scalar("train/grad_norm", grad_norm.item(), step)
-            writer.add_scalar("train/samples_per_sec", samples_per_step * len(log_losses) / max(elapsed, 1e-9), step)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
-            log_losses, log_start = [], time.perf_counter()
 
-        if cfg.sample_every and (step % cfg.sample_every == 0 or step == total_steps):
-            if env.is_main:
-                sample_unet, sample_adapter = (ema.unet, ema.adapter) if ema is not None else (unet, adapter)
-                path = write_sample(cfg, writer, sample_unet, sample_adapter, encoders, config, image[0], step)
-                say(f"step {step}: sample video {path}")
-            barrier()
+def log_scalars(run: TrainingRun, losses: list[float], grad_norm: torch.Tensor, seconds: float) -> None:
+    """Mean loss over the steps since the last log, learning rate, gradient norm and throughput (rank 0)."""
+    samples = run.cfg.batch_size * run.cfg.grad_accum * run.env.world_size * len(losses)
+    run.writer.add_scalar("train/loss", sum(losses) / len(losses), run.step)
+    run.writer.add_scalar("train/lr", run.opt.param_groups[0]["lr"], run.step)
+    run.writer.add_scalar("train/grad_norm", grad_norm.item(), run.step)
+    run.writer.add_scalar("train/samples_per_sec", samples / max(seconds, 1e-9), run.step)
 
-        if step % cfg.checkpoint_every == 0 or step == total_steps:
-            digests = all_gather_objects(weights_digest(unet, adapter))
-            if len(set(digests)) != 1:
-                raise RuntimeError(f"step {step}: the ranks' weights diverged (digests {digests}); this is a bug")
-            rng = collect_rng_states(generator, dev)
-            if env.is_main:
-                last_saved = save_checkpoint(
-                    output_dir / f"{CHECKPOINT_PREFIX}{step:07d}.pth",
-                    unet,
-                    adapter,
-                    config,
-                    opt=opt.state_dict(),
-                    lr_scheduler=lr_scheduler.state_dict(),
-                    scaler=scaler.state_dict(),
-                    ema=ema.state_dict() if ema is not None else None,
-                    step=step,
-                    epoch=epoch,
-                    batch_in_epoch=batch_in_epoch,
-                    world_size=env.world_size,
-                    batch_size=cfg.batch_size,
-                    rng=rng,
-                    loss=loss_value,
-                    train_config=asdict(cfg),
-                )
-                point_latest(output_dir, last_saved)
-                prune_checkpoints(output_dir, cfg.keep_last)
-            barrier()
-    bar.close()
 
+def save_run(run: TrainingRun) -> None:
+    """Checkpoint every piece of training state (a collective: every rank takes part), after checking that the
+    ranks' weights are bit-identical; rank 0 writes it atomically, points latest.pth at it and prunes old ones."""
+    digests = all_gather_objects(weights_digest(run.unet, run.adapter))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"step {run.step}: the ranks' weights diverged (digests {digests}); this is a bug")
+    rng = collect_rng_states(run.generator, run.env.device)
+    if run.env.is_main:
+        output_dir = Path(run.cfg.output_dir)
+        run.last_saved = save_checkpoint(
+            output_dir / f"{CHECKPOINT_PREFIX}{run.step:07d}.pth",
+            run.unet,
+            run.adapter,
+            run.config,
+            opt=run.opt.state_dict(),
+            lr_scheduler=run.lr_scheduler.state_dict(),
+            scaler=run.scaler.state_dict(),
+            ema=run.ema.state_dict() if run.ema is not None else None,
+            step=run.step,
+            epoch=run.epoch,
+            batch_in_epoch=run.start_batch,
+            world_size=run.env.world_size,
+            batch_size=run.cfg.batch_size,
+            rng=rng,
+            loss=run.loss,
+            train_config=asdict(run.cfg),
+        )
+        point_latest(output_dir, run.last_saved)
+        prune_checkpoints(output_dir, run.cfg.keep_last)
+    barrier()
+
+
+def finish_run(run: TrainingRun) -> dict:
+    """The run's summary (also `train_summary.json` on rank 0), after the optional safetensors export."""
     summary = {
-        "step": step,
-        "epoch": epoch,
-        "loss": loss_value if math.isfinite(loss_value) else None,
-        "checkpoint": str(last_saved) if last_saved else None,
-        "rank_weight_digests": all_gather_objects(weights_digest(unet, adapter)),
-        "world_size": env.world_size,
+        "step": run.step,
+        "epoch": run.epoch,
+        "loss": run.loss if math.isfinite(run.loss) else None,
+        "checkpoint": str(run.last_saved) if run.last_saved else None,
+        "rank_weight_digests": all_gather_objects(weights_digest(run.unet, run.adapter)),
+        "world_size": run.env.world_size,
     }
-    if env.is_main:
-        if cfg.export_safetensors:
+    if run.env.is_main:
+        output_dir = Path(run.cfg.output_dir)
+        if run.cfg.export_safetensors:
             from .checkpoint import export_safetensors
 
-            final = (ema.unet, ema.adapter) if ema is not None else (unet, adapter)
-            summary["safetensors"] = str(export_safetensors(output_dir / "final.safetensors", *final, config))
-        writer.close()
+            summary["safetensors"] = str(export_safetensors(output_dir / "final.safetensors", *run.sample_weights, run.config))
+        run.writer.close()
         text = json.dumps(summary, indent=2, allow_nan=False)
         atomic_write(output_dir / "train_summary.json", lambda tmp: Path(tmp).write_text(text))
     return summary
+
+
+def _train(cfg: TrainConfig, env: DistEnv) -> dict:
+    from tqdm.auto import tqdm
+
+    run = start_run(cfg, env)
+    batches = epoch_batches(run.loader, run.sampler, epoch=run.epoch, start_batch=run.start_batch)
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not (env.is_main and cfg.progress), desc="train")
+    nonfinite_run, losses, log_start = 0, [], time.perf_counter()
+    while run.step < run.total_steps:
+        result = accumulate_gradients(run, batches)
+        grad_norm, nonfinite_run = optimizer_step(run, result, nonfinite_run)
+        losses += [run.loss] if nonfinite_run == 0 else []
+        run.step += 1
+        run.epoch, run.start_batch = result["position"]
+        bar.update(1)
+        last = run.step == run.total_steps
+
+        if env.is_main and (run.step % cfg.log_every == 0 or last) and losses:
+            log_scalars(run, losses, grad_norm, time.perf_counter() - log_start)
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", epoch=run.epoch)
+            losses, log_start = [], time.perf_counter()
+        if cfg.sample_every and (run.step % cfg.sample_every == 0 or last):
+            if env.is_main:
+                path = write_sample(cfg, run.writer, *run.sample_weights, run.encoders, run.config, result["image"][0], run.step)
+                run.say(f"step {run.step}: sample video {path}")
+            barrier()
+        if run.step % cfg.checkpoint_every == 0 or last:
+            save_run(run)
+    bar.close()
+    return finish_run(run)

@@ -188,3 +188,13 @@ def test_paper_bench_smoke_runs_every_cpu_section(tmp_path):
     assert {k for k in results["train"]} == {"original: fp32, no checkpointing, batch 2", "ours: bf16 + checkpointing, batch 2"}
     assert all(r["peak_memory_mb"] > 0 for r in results["memory"].values())
     assert "## One video" in (tmp_path / "smoke.md").read_text()
+
+
+@pytest.mark.parametrize("module", ["video_io", "data", "projection", "evaluate", "inference_io", "files", "outputs"])
+def test_light_modules_do_not_import_the_networks(module):
+    """Writing a PNG or reading a manifest must not depend on the model code (nor load diffusers)."""
+    heavy = ("models.unet", "models.checkpoint", "diffusers")
+    code = f"import sys, models.{module}; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

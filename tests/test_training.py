@@ -414,7 +414,7 @@ def test_dangling_latest_and_unreadable_checkpoints_fall_back_to_the_newest_read
     resumed = train(dataclasses.replace(cfg, max_steps=4))
     said = capsys.readouterr().out
     assert "latest.pth points to step_0000003.pth, which no longer exists" in said
-    assert "step_0000002.pth: the file is empty" in said and "resuming from" in said and "at step 1" in said
+    assert "step_0000002.pth is not a checkpoint but an empty file" in said and "resuming from" in said and "at step 1" in said
     straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "straight"), max_steps=4))
     assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
     assert (out / "latest.pth").resolve().name == "step_0000004.pth"
@@ -759,17 +759,22 @@ def test_uneven_ranks_drop_the_remainder_and_the_seed_shapes_the_order():
 
 
 def test_resume_setting_picks_the_checkpoint(tmp_path):
-    from models.checkpoint import atomic_torch_save
+    from models.checkpoint import save_checkpoint
     from models.training import resolve_resume
 
-    assert resolve_resume("none", tmp_path) is None and resolve_resume("", tmp_path) is None
-    assert resolve_resume("auto", tmp_path) is None  # nothing to resume: a fresh run
+    said = []
+    assert resolve_resume("none", tmp_path, said.append) == (None, None) == resolve_resume("", tmp_path, said.append)
+    assert resolve_resume("auto", tmp_path, said.append) == (None, None)  # nothing to resume: a fresh run
+    config = get_preset("tiny")
     for step in (2, 10):
-        atomic_torch_save({}, tmp_path / f"step_{step:07d}.pth")
-    assert resolve_resume("auto", tmp_path) == tmp_path / "step_0000010.pth"
-    assert resolve_resume(str(tmp_path / "step_0000002.pth"), tmp_path) == tmp_path / "step_0000002.pth"
+        save_checkpoint(tmp_path / f"step_{step:07d}.pth", *build_models(config), config, step=step)
+    path, ckpt = resolve_resume("auto", tmp_path, said.append)
+    assert path == tmp_path / "step_0000010.pth" and ckpt["step"] == 10
+    path, ckpt = resolve_resume(str(tmp_path / "step_0000002.pth"), tmp_path, said.append)
+    assert path == tmp_path / "step_0000002.pth" and ckpt["step"] == 2
     with pytest.raises(FileNotFoundError, match="step_0000003.pth"):
-        resolve_resume(str(tmp_path / "step_0000003.pth"), tmp_path)
+        resolve_resume(str(tmp_path / "step_0000003.pth"), tmp_path, said.append)
+    assert said == []
 
 
 def test_a_resumed_run_keeps_its_checkpoints_architecture(tmp_path, encoder_dirs):
