@@ -47,7 +47,13 @@ class NoiseSchedule:
 
 
 def condition_first_frame(latents: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
-    """Put the clean latent of the input photo [b, c, h, w] into frame 0 of `latents` [b, c, f, h, w]."""
+    """Hold clean frames in `latents` [b, c, f, h, w]: the input photo's latent [b, c, h, w] goes into frame 0.
+
+    `first_frame` may also be [b, c, f, h, w]: clean latents for every frame to hold, NaN in the free ones (a
+    long video's window holds its overlap with the previous window and, looping, its last frame; models/long_video.py).
+    """
+    if first_frame.ndim == latents.ndim:
+        return torch.where(first_frame.isnan(), latents, first_frame.to(latents.dtype))
     latents = latents.clone()
     latents[:, :, 0] = first_frame.to(latents.dtype)
     return latents

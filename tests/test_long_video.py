@@ -1,0 +1,162 @@
+"""Videos longer than the trained length and looping videos (models/long_video.py), with tiny real components."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from models.diffusion import NoiseSchedule, condition_first_frame
+from models.long_video import Window, crossfade_weights, plan_windows, sample_long_video
+from models.pipeline import FashionFlowPipeline, sample_generator
+
+
+@pytest.fixture(scope="module")
+def pipe(parts):
+    return FashionFlowPipeline.from_checkpoint(parts["ours"], device="cpu")
+
+
+def photo(pipe, seed=0):
+    return torch.rand(1, 3, *pipe.image_size, generator=torch.Generator().manual_seed(seed))
+
+
+class Spy:
+    """Wraps a pipeline's stages and records what each window was given and gave back."""
+
+    def __init__(self, pipe, monkeypatch):
+        self.encoded, self.latents, self.held, self.sampled = [], [], [], []
+        encode, denoise = pipe.encode_image, pipe.denoise
+
+        def encode_image(images, generator=None):
+            self.encoded.append(images.clone())
+            context, latent = encode(images, generator)
+            self.latents.append(latent)
+            return context, latent
+
+        def spy_denoise(latents, context, held, **kw):
+            self.held.append(held.clone())
+            self.sampled.append(denoise(latents, context, held, **kw))
+            return self.sampled[-1]
+
+        monkeypatch.setattr(pipe, "encode_image", encode_image)
+        monkeypatch.setattr(pipe, "denoise", spy_denoise)
+
+
+def long_video(pipe, **kw):
+    kw = dict(window=pipe.config.frames, sampler="ddpm", steps=2, progress=False) | kw
+    return sample_long_video(pipe, photo(pipe), [sample_generator(0, 0, 0)], **kw)
+
+
+def test_windows_cover_the_video_and_the_last_ends_on_its_last_frame():
+    assert plan_windows(20, 8, 2) == [Window(0, 8, 0), Window(6, 8, 2), Window(12, 8, 2)]
+    # 22 frames take 4 windows; they are spread from frame 0 to 21, sharing the spare frames as overlap
+    assert plan_windows(22, 8, 2) == [Window(0, 8, 0), Window(5, 8, 3), Window(9, 8, 4), Window(14, 8, 3)]
+    assert plan_windows(5, 8, 1) == [Window(0, 8, 0)]
+    with pytest.raises(ValueError, match=r"overlap must be between 1 .* and 7 .* got 8"):
+        plan_windows(20, 8, 8)
+
+
+def test_held_frames_are_imposed_and_nan_frames_left_free():
+    latents = torch.randn(1, 2, 4, 3, 3)
+    held = torch.full_like(latents, math.nan)
+    held[:, :, 0], held[:, :, 3] = 1.0, 2.0
+    out = condition_first_frame(latents, held)
+    assert (out[:, :, 0] == 1).all() and (out[:, :, 3] == 2).all()
+    assert torch.equal(out[:, :, 1:3], latents[:, :, 1:3])
+    assert torch.equal(condition_first_frame(latents, held[:, :, 0])[:, :, 1:], latents[:, :, 1:])  # the photo form
+
+
+def test_crossfade_keeps_the_conditioning_frame_and_rises_to_the_new_window():
+    assert crossfade_weights(4, "crossfade").tolist() == [0, 0.25, 0.5, 0.75]
+    assert crossfade_weights(3, "hold").tolist() == [0, 0, 0]
+
+
+def test_pipeline_makes_more_frames_than_it_was_trained_on(pipe):
+    assert pipe.config.frames == 8
+    video = pipe(photo(pipe), num_frames=18, steps=1, generator=sample_generator(1, 0, 0), progress=False)
+    assert video.shape == (1, 18, 3, *pipe.image_size)
+    again = pipe(photo(pipe), num_frames=18, steps=1, generator=sample_generator(1, 0, 0), progress=False)
+    assert torch.equal(video, again)
+    assert 0 <= video.min() and video.max() <= 1 and video[:, 8:].std() > 0.01
+
+
+def test_each_window_is_conditioned_on_a_frame_of_the_one_before_encoded_again(pipe, monkeypatch):
+    spy = Spy(pipe, monkeypatch)
+    video = long_video(pipe, num_frames=14, overlap=2)  # windows start on frames 0 and 6
+    assert len(spy.encoded) == 2 and len(spy.held) == 2
+    # the second window's conditioning image is frame 6 of the video, which the first window made
+    assert torch.allclose(spy.encoded[1][0], video[0, 6], atol=1e-5)
+    assert not torch.allclose(spy.encoded[1], spy.encoded[0], atol=1e-2)
+    # ... and its VAE encoding, not the photo's latent, is what the window holds as its frame 0
+    assert torch.equal(spy.held[1][:, :, 0], spy.latents[1])
+    assert not torch.allclose(spy.latents[1], spy.latents[0], atol=1e-2)
+
+
+def test_overlap_frames_are_held_to_the_previous_window(pipe, monkeypatch):
+    spy = Spy(pipe, monkeypatch)
+    # windows [0, 8) and [4, 12), sharing 4 frames
+    long_video(pipe, num_frames=12, overlap=3, overlap_mode="hold")
+    first, second = spy.sampled
+    # frames 5-7 of the first window are frames 1-3 of the second, exactly, all through denoising
+    assert torch.equal(second[:, :, 1:4], first[:, :, 5:8])
+    assert spy.held[1][:, :, 4:].isnan().all()
+    free = spy.sampled
+    spy2 = Spy(pipe, monkeypatch)
+    long_video(pipe, num_frames=12, overlap=3, overlap_mode="crossfade")
+    assert not torch.allclose(spy2.sampled[1][:, :, 1:4], spy2.sampled[0][:, :, 5:8], atol=1e-3)
+    assert torch.equal(free[0], spy2.sampled[0])  # the first window does not depend on how windows join
+
+
+def test_loop_holds_an_extra_last_frame_to_the_photo(pipe, monkeypatch):
+    spy = Spy(pipe, monkeypatch)
+    video = long_video(pipe, num_frames=12, overlap=2, loop=True)
+    assert video.shape[1] == 12
+    # 13 frames sampled in windows [0, 8) and [5, 13); the last frame, the 13th, is held to the photo's latent
+    assert torch.equal(spy.held[-1][:, :, -1], spy.held[0][:, :, 0])
+    assert spy.held[-1][:, :, 3:-1].isnan().all()
+
+
+class Bridge(nn.Module):
+    """A constructed denoiser whose clean estimate of every frame is the straight line between the window's first
+    and last frame: looping pulls the last frames toward the photo only if the loop end is really held."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the pipeline a dtype and device
+        self.alphas_cumprod = NoiseSchedule().alphas_cumprod
+
+    def forward(self, x, context, timestep):
+        ac = self.alphas_cumprod[timestep.long()].view(-1, 1, 1, 1, 1)
+        ramp = torch.linspace(0, 1, x.shape[2]).view(1, 1, -1, 1, 1)
+        clean = torch.lerp(x[:, :, :1], x[:, :, -1:], ramp)
+        return (x - ac.sqrt() * clean) / (1 - ac).sqrt()
+
+
+def test_loop_join_is_smaller_than_without_loop(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "unet", Bridge())
+
+    def join_vs_motion(loop):
+        video = long_video(pipe, num_frames=12, overlap=2, loop=loop, sampler="ddim", steps=4)[0]
+        steps = (video[1:] - video[:-1]).abs().mean()
+        return float((video[-1] - video[0]).abs().mean() / steps)
+
+    looped, plain = join_vs_motion(True), join_vs_motion(False)
+    assert looped < 0.5 * plain and looped < 2.0
+
+
+def test_inference_loop_and_overlap_flags(parts, tmp_path, samples_dir):
+    import json
+
+    import inference
+
+    out = tmp_path / "o"
+    photo_path = samples_dir / "images" / "blue.jpg"
+    args = [
+        "--pretrained_model", parts["ours"], "--vae", parts["vae"], "--clip", parts["clip"], "--image", str(photo_path),
+        "--output_dir", str(out), "--steps", "1", "--frames", "12", "--loop", "--overlap", "2", "--no_progress",
+    ]  # fmt: skip
+    assert inference.main([str(a) for a in args]) == 0
+    sidecar = json.loads(next(out.glob("*_sample0.json")).read_text())
+    assert (sidecar["frames"], sidecar["loop"], sidecar["overlap"]) == (12, True, 2)
+    bad = [str(a) for a in args[:-3]] + ["--overlap", "8"]
+    assert inference.main(bad) == 2
