@@ -4,6 +4,7 @@
     python inference.py --image photo.jpg                 # one photo (also: a folder, a glob, several)
     python inference.py --image shoots/ --num_of_vid 3 --gif --seed 7
     python inference.py --sampler ddpm --steps 1000       # the original's procedure (slow)
+    python inference.py --image photo.jpg --frames 200 --loop   # longer than trained, looping
 
 For each input, `--output_dir` receives the conditioning image `<stem>_input.png` and, per sample k,
 `<stem>_sample<k>.mp4` (H.264, plays in browsers and on phones) with a sidecar `<stem>_sample<k>.json`
@@ -87,7 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--frames",
         type=positive_int,
         default=None,
-        help="frames per video, frame 0 being the input (default: the checkpoint's, 70 for the paper)",
+        help="frames per video, frame 0 being the input (default: the checkpoint's, 70 for the paper); more than "
+        "that are sampled in windows of the checkpoint's length, each starting on a frame of the one before",
+    )
+    p.add_argument("--loop", action="store_true", help="make the last frame lead back into the first (a looping clip)")
+    p.add_argument(
+        "--overlap",
+        type=positive_int,
+        default=None,
+        help="frames shared by consecutive windows of a long video (default: a quarter of the window)",
     )
     p.add_argument("--fps", type=positive_int, default=DEFAULT_FPS, help="frame rate of the written videos")
     p.add_argument(
@@ -156,8 +165,8 @@ def main(argv=None) -> int:
             output_dir=args.output_dir, num_videos=args.num_of_vid, frames=args.frames, sampler=args.sampler,
             steps=args.steps or DEFAULT_STEPS, seed=args.seed, precision=precision, batch_size=args.batch_size,
             decode_chunk_size=args.decode_chunk_size, fps=args.fps, resize_mode=args.resize_mode,
-            start_frame=args.start_frame, gif=args.gif, png_frames=args.png_frames, low_memory=args.low_memory,
-            progress=not args.no_progress, record=dict(checkpoint=str(args.pretrained_model)),
+            start_frame=args.start_frame, loop=args.loop, overlap=args.overlap, gif=args.gif, png_frames=args.png_frames,
+            low_memory=args.low_memory, progress=not args.no_progress, record=dict(checkpoint=str(args.pretrained_model)),
         )  # fmt: skip
         results = animate(pipeline, inputs, settings)
         written, failed = 0, []

@@ -23,6 +23,7 @@ import torch
 from .checkpoint import RELEASED_CHECKPOINT_URL
 from .config import DEFAULT_FPS, PRECISIONS
 from .inference_io import BackgroundWriter, InputItem, input_image_path, sample_stem, write_sidecar
+from .long_video import check_overlap
 from .pipeline import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -52,7 +53,9 @@ class AnimateSettings:
 
     output_dir: str = "result"
     num_videos: int = 1  # per input, each from its own seed
-    frames: int | None = None  # default: the model's (70 for the paper)
+    frames: int | None = None  # default: the model's (70 for the paper); more are sampled in windows
+    loop: bool = False  # the last frame leads back into the first (models/long_video.py)
+    overlap: int | None = None  # frames shared by consecutive windows (default: models/long_video.py's)
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
     seed: int = 0
@@ -211,6 +214,8 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
 
     frames = settings.frames or pipeline.config.frames
     pipeline.check_num_frames(frames)
+    if settings.overlap is not None:
+        check_overlap(settings.overlap, pipeline.config.frames)
     pipeline.enable_encoder_offload(settings.low_memory)
     chunk = min(settings.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK) if settings.low_memory else settings.decode_chunk_size
     record = dict(
@@ -224,6 +229,8 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
         precision=settings.precision,
         weights_dtype=str(pipeline.dtype).removeprefix("torch."),
         low_memory=settings.low_memory,
+        loop=settings.loop,
+        overlap=settings.overlap,
     )
     failed: list[InputResult] = []
     pending: dict[int, InputResult] = {}  # inputs with samples not written yet
@@ -261,6 +268,8 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
                 precision=settings.precision,
                 decode_chunk_size=chunk,
                 progress=settings.progress,
+                loop=settings.loop,
+                overlap=settings.overlap,
             )
             peak = {memory_kind(pipeline.device) + "_mb": round(peak_memory_mb(pipeline.device), 1)}
             writer.submit(write_batch, videos, batch, dict(record, **peak))  # waits for the previous batch's files

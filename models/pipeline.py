@@ -264,11 +264,15 @@ class FashionFlowPipeline:
         decode_chunk_size: int = 8,
         progress: bool = True,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        loop: bool = False,
+        overlap: int | None = None,
     ) -> torch.Tensor:
         """Videos for `images [B, 3, H, W]` in [0, 1]: float [B, F, 3, H, W] in [0, 1] on the CPU.
 
         `generator`: None, one torch.Generator (batch of one) or a list with one per image.
         `callback(step, total, latents)` runs after every denoising step.
+        More frames than the model's trained length, or `loop` (the last frame leads into the first), sample
+        windows sharing `overlap` frames (models/long_video.py).
         """
         from tqdm.auto import tqdm
 
@@ -277,6 +281,14 @@ class FashionFlowPipeline:
         self.check_images(images)
         precision = resolve_precision(precision, self.device)
         generators = _as_generators(generator, len(images))
+        if loop or num_frames > self.config.frames:
+            from .long_video import sample_long_video
+
+            return sample_long_video(
+                self, images, generators, window=self.config.frames, num_frames=num_frames, loop=loop, overlap=overlap,
+                sampler=sampler, steps=steps, precision=precision, decode_chunk_size=decode_chunk_size,
+                progress=progress, callback=callback,
+            )  # fmt: skip
         with autocast(self.device, precision, self.dtype):
             context, image_latent = self.encode_image(images, generators)
         latents = self.prepare_latents(len(images), num_frames, generator=generators)
