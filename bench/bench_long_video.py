@@ -119,6 +119,7 @@ def main(argv=None) -> Path:
     p.add_argument("--samples", type=int, default=1, help="videos per figure, each from its own seed")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"{DEFAULT_SAMPLER} steps per window")
     p.add_argument("--workdir", default=str(ROOT / "quickstart"), help="the quickstart's folder")
+    p.add_argument("--train_steps", type=int, default=None, help="the quickstart's training steps (default: its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="markdown file (default: bench/results/long_video_<device>.md)")
     args = p.parse_args(argv)
@@ -126,7 +127,8 @@ def main(argv=None) -> Path:
     from models.quickstart import QuickstartConfig, build_trained_model
 
     cfg = QuickstartConfig(workdir=args.workdir, seed=args.seed, progress=False)
-    checkpoint, _, _ = build_trained_model(cfg)
+    cfg.train_steps = args.train_steps or cfg.train_steps
+    checkpoint, encoders, _ = build_trained_model(cfg)
     pipe = FashionFlowPipeline.from_checkpoint(checkpoint, vae=cfg.vae_dir, clip=cfg.clip_dir, device="cpu")
     window = pipe.config.frames
     truth, masks = ground_truth(cfg.seed, args.inputs, args.frames, pipe.image_size)
@@ -135,19 +137,16 @@ def main(argv=None) -> Path:
     generators = lambda: [sample_generator(args.seed, i, k) for i in range(args.inputs) for k in range(args.samples)]  # noqa: E731
     spans = [slice(s, min(s + SPAN, args.frames)) for s in range(1, args.frames, SPAN)]
 
-    results = {"ground truth": score(truth, truth, masks, window=window, overlap=None, loop=False, spans=spans)}
-    for label, overlap, mode, loop in CONFIGS:
-        started = time.perf_counter()
-        videos = generate(pipe, images, generators(), frames=args.frames, overlap=overlap, mode=mode, loop=loop, steps=args.steps)
-        results[label] = score(videos, truth, masks, window=window, overlap=overlap, loop=loop, spans=spans)
-        results[label]["seconds"] = (time.perf_counter() - started) / len(images)
-        print(f"{label}: {results[label]}", flush=True)
-
-    span_names = [f"{s.start}-{s.stop - 1}" for s in spans]
-    lines = [
+    still = truth[:, :1].expand_as(truth)
+    results = {
+        "ground truth": score(truth, truth, masks, window=window, overlap=None, loop=False, spans=spans),
+        "the photo held still (reference)": score(still, truth, masks, window=window, overlap=None, loop=False, spans=spans),
+    }
+    header = [
         f"# Long and looping videos ({device_name(torch.device('cpu'))})",
         "",
-        f"Model: the quickstart's tiny model ({_shown(checkpoint)}, trained on {window}-frame clips). "
+        f"Model: the quickstart's tiny model ({_shown(checkpoint)}, trained on {window}-frame clips; tiny VAE fitted "
+        f"for {encoders['vae_steps']} steps, reconstruction PSNR {encoders['vae_reconstruction_psnr_db']:.1f} dB). "
         f"{args.inputs} held-out synthetic figures x {args.samples} seed(s), {args.frames} frames at "
         f"{pipe.image_size[0]}x{pipe.image_size[1]}, {DEFAULT_SAMPLER} {args.steps} steps per window, seed {args.seed}; "
         "ground truth rendered for the same length by models/synthetic.py.",
@@ -155,13 +154,30 @@ def main(argv=None) -> Path:
         "Command: `" + " ".join(["python bench/bench_long_video.py", *(sys.argv[1:] if argv is None else argv)]) + "`",
         "",
     ]
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / "long_video_cpu.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for label, overlap, mode, loop in CONFIGS:
+        started = time.perf_counter()
+        videos = generate(pipe, images, generators(), frames=args.frames, overlap=overlap, mode=mode, loop=loop, steps=args.steps)
+        results[label] = score(videos, truth, masks, window=window, overlap=overlap, loop=loop, spans=spans)
+        results[label]["seconds"] = (time.perf_counter() - started) / len(images)
+        print(f"{label}: {results[label]}", flush=True)
+        out.write_text(report(header, results, spans))  # after every configuration: a long run leaves what it measured
+    print(out.read_text())
+    return out
+
+
+def report(header: list[str], results: dict, spans: list[slice]) -> str:
+    span_names = [f"{s.start}-{s.stop - 1}" for s in spans]
+    lines = list(header)
     for key, title, fmt in (
         ("colour", "Garment colour error (0-255, lower is better) by frames", "{:.1f}"),
         ("sharpness", "Sharpness / ground truth's (1 is right) by frames", "{:.2f}"),
         ("psnr", "PSNR against the ground truth (dB) by frames", "{:.2f}"),
     ):
         lines += [f"## {title}", "", "| configuration | " + " | ".join(span_names) + " |", "|---" * (len(spans) + 1) + "|"]
-        lines += [f"| {label} | " + " | ".join(fmt.format(v) for v in r[key]) + " |" for label, r in results.items()]
+        rows = [(label, r) for label, r in results.items() if label != "ground truth"]  # 0, 1 and inf against itself
+        lines += [f"| {label} | " + " | ".join(fmt.format(v) for v in r[key]) + " |" for label, r in rows]
         lines.append("")
     lines += [
         "## Joins (mean absolute change between frames, 0-255)",
@@ -180,12 +196,7 @@ def main(argv=None) -> Path:
             r.get("seconds", float("nan")),
         ]
         lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cells).replace("nan", "-") + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / "long_video_cpu.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return out
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
