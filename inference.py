@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap",
         type=positive_int,
         default=None,
-        help="frames shared by consecutive windows of a long video (default: a quarter of the window)",
+        help="frames shared by consecutive windows of a long video, cross-faded (default: half the window)",
     )
     p.add_argument("--fps", type=positive_int, default=DEFAULT_FPS, help="frame rate of the written videos")
     p.add_argument(
