@@ -9,8 +9,10 @@ frames are also shared with the previous window; how they join is `overlap_mode`
 - 'hold': they are held clean to the previous window's latents throughout denoising, as frame 0 is;
 - 'crossfade': they are sampled freely and the two windows' latents are cross-faded over the overlap.
 
-Looping (`loop=True`) samples one frame more than asked for and holds that extra last frame to the photo's
-latent, so the video's last frame leads into its first; the extra frame is dropped.
+Looping (`loop=True`) samples `overlap` frames past the end and cross-fades them into the first `overlap` frames,
+as windows are joined: the video's first frame is then mostly the one that follows its last. (Holding an extra
+last frame to the photo's latent was measured first and did not close the loop: the model never saw a clean frame
+there.)
 
 Everything goes through the pipeline's four stages (`encode_image`, `prepare_latents`, `denoise`,
 `decode_latents`); each video's generator draws, window by window, the conditioning frame's posterior sample,
@@ -86,20 +88,16 @@ def crossfade_weights(overlap: int, mode: str) -> torch.Tensor:
     return torch.arange(overlap, dtype=torch.float32) / overlap
 
 
-def held_frames(window: Window, video: torch.Tensor, first: torch.Tensor, *, mode: str, loop_end=None) -> torch.Tensor:
+def held_frames(window: Window, video: torch.Tensor, first: torch.Tensor, *, mode: str) -> torch.Tensor:
     """What `window` holds clean while it is denoised, as `denoise` takes it: [b, c, length, h, w], NaN where free.
 
-    `video` [b, c, T, h, w]: the latents sampled so far; `first` [b, c, h, w]: the conditioning frame re-encoded;
-    `loop_end`: (frame index in the whole video, the photo's latent [b, c, h, w]) for the loop's extra last frame.
+    `video` [b, c, T, h, w]: the latents sampled so far; `first` [b, c, h, w]: the conditioning frame re-encoded.
     """
     b, c, _, h, w = video.shape
     held = torch.full((b, c, window.length, h, w), math.nan, dtype=video.dtype, device=video.device)
     held[:, :, 0] = first
     if mode == "hold" and window.overlap > 1:
         held[:, :, 1 : window.overlap] = video[:, :, window.start + 1 : window.start + window.overlap]
-    if loop_end is not None:
-        index, latent = loop_end
-        held[:, :, index - window.start] = latent
     return held
 
 
@@ -135,7 +133,7 @@ def sample_long_video(
     overlap = check_overlap(default_overlap(length) if overlap is None else overlap, length)
     check_overlap_mode(overlap_mode)
     pipeline.check_num_frames(num_frames)
-    total = num_frames + int(loop)  # looping: one more frame, held to the photo, then dropped
+    total = num_frames + overlap * int(loop)  # looping: frames past the end, to cross-fade into the head
     windows = plan_windows(total, length, overlap)
     bar = tqdm(total=len(windows) * steps, desc=f"{len(windows)} windows", unit="step", leave=False, disable=not progress)
 
@@ -154,8 +152,7 @@ def sample_long_video(
         if video is None:
             b, c, h, w = first.shape
             video = torch.zeros(b, c, max(total, length), h, w, device=first.device)
-        loop_end = (total - 1, photo_latent) if loop and k == len(windows) - 1 else None
-        held = held_frames(window, video, first, mode=overlap_mode, loop_end=loop_end)
+        held = held_frames(window, video, first, mode=overlap_mode)
 
         def on_step(i, n, x, k=k):
             bar.update()
@@ -177,4 +174,8 @@ def sample_long_video(
         video[:, :, shared] = torch.lerp(video[:, :, shared], latents[:, :, : window.overlap].to(video.dtype), weight)
         video[:, :, window.start + window.overlap : window.start + length] = latents[:, :, window.overlap :]
     bar.close()
+    if loop:  # frame j of the head becomes (j + 1) / (overlap + 1) itself, the rest the frame j after the end
+        head, past_end = slice(0, overlap), slice(num_frames, num_frames + overlap)
+        weight = (torch.arange(overlap, device=video.device) + 1.0)[:, None, None] / (overlap + 1)  # [overlap, 1, 1]
+        video[:, :, head] = torch.lerp(video[:, :, past_end], video[:, :, head], weight)
     return pipeline.decode_latents(video[:, :, :num_frames], decode_chunk_size, precision=precision)

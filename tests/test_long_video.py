@@ -107,18 +107,20 @@ def test_overlap_frames_are_held_to_the_previous_window(pipe, monkeypatch):
     assert torch.equal(free[0], spy2.sampled[0])  # the first window does not depend on how windows join
 
 
-def test_loop_holds_an_extra_last_frame_to_the_photo(pipe, monkeypatch):
+def test_loop_cross_fades_the_frames_past_the_end_into_the_head(pipe, monkeypatch):
     spy = Spy(pipe, monkeypatch)
     video = long_video(pipe, num_frames=12, overlap=2, loop=True)
     assert video.shape[1] == 12
-    # 13 frames sampled in windows [0, 8) and [5, 13); the last frame, the 13th, is held to the photo's latent
-    assert torch.equal(spy.held[-1][:, :, -1], spy.held[0][:, :, 0])
-    assert spy.held[-1][:, :, 3:-1].isnan().all()
+    # 14 frames sampled in windows [0, 8) and [6, 14); frames 12, 13 (past the end) fade into frames 0, 1
+    first, second = spy.sampled
+    head = torch.lerp(second[:, :, 6:8], first[:, :, 0:2], torch.tensor([1 / 3, 2 / 3]).view(2, 1, 1))
+    assert torch.allclose(video[:, :2], pipe.decode_latents(head), atol=1e-5)
+    assert torch.allclose(video[:, 2:7], pipe.decode_latents(first[:, :, 2:7]), atol=1e-5)  # 7: the next join
 
 
 class Bridge(nn.Module):
     """A constructed denoiser whose clean estimate of every frame is the straight line between the window's first
-    and last frame: looping pulls the last frames toward the photo only if the loop end is really held."""
+    and last frame, so frames drift steadily away from the photo and the last one is far from the first."""
 
     def __init__(self):
         super().__init__()
