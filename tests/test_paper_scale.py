@@ -190,7 +190,7 @@ def test_paper_bench_smoke_runs_every_cpu_section(tmp_path):
     assert "## One video" in (tmp_path / "smoke.md").read_text()
 
 
-@pytest.mark.parametrize("module", ["video_io", "data", "projection", "evaluate", "inference_io", "files", "outputs"])
+@pytest.mark.parametrize("module", ["video_io", "data", "manifest", "projection", "evaluate", "inference_io", "files", "outputs"])
 def test_light_modules_do_not_import_the_networks(module):
     """Writing a PNG or reading a manifest must not depend on the model code (nor load diffusers)."""
     heavy = ("models.unet", "models.checkpoint", "diffusers")
