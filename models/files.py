@@ -72,6 +72,16 @@ def leftover_temp_files(path) -> list[Path]:
     return sorted(path.parent.glob(pattern))
 
 
+def leftover_temp_files_in(directory) -> list[Path]:
+    """Temporary files of any `atomic_write` into `directory` that a killed process left behind (one listing, however
+    many files the folder holds)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = re.compile(rf"\..+\.[a-z0-9_]{{{TEMP_RANDOM_CHARS}}}{re.escape(TEMP_SUFFIX)}")  # mkstemp's alphabet
+    return sorted(directory / name for name in os.listdir(directory) if pattern.fullmatch(name))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
     path = Path(path)

@@ -48,7 +48,7 @@ class ImageReadError(ValueError):
 
 
 def not_a_file_reason(path) -> str | None:
-    """Why `path`, found in a folder, cannot be read as a video or photo; None when it is a regular file."""
+    """Why `path`, found in a folder or a list, cannot be read as a video or photo; None when it is a regular file."""
     path = Path(path)
     if path.is_file():
         return None
@@ -56,6 +56,8 @@ def not_a_file_reason(path) -> str | None:
         return "a folder, not a file"
     if path.is_symlink():
         return "a broken symbolic link or a link loop"
+    if not path.exists():
+        return "no such file"
     return "not a regular file (a socket, pipe or device)"
 
 
