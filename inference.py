@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of videos whose frame --start_frame is animated (used when --image is not given)",
     )
     p.add_argument(
-        "--image", nargs="+", metavar="PATH", help="photo(s) to animate: files, folders (their images) or quoted glob patterns"
+        "--image",
+        nargs="+",
+        metavar="PATH",
+        help="photo(s) to animate: files, folders (their images), quoted glob patterns or .txt lists (as --image_list)",
     )
     p.add_argument(
         "--image_list",

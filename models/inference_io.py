@@ -22,6 +22,7 @@ from PIL import Image
 from .files import atomic_write, fit_name
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_LIST_SUFFIX = ".txt"  # an `--image` value with it is a list of photos, one path per line
 STEM_MAX_BYTES = 200  # leaves room for `_<n>` and `_sample<k>_frames` within a 255-byte file name
 
 
@@ -108,10 +109,13 @@ def _folder_entries(folder: Path, suffixes) -> Iterator[tuple[Path, None]]:
 
 
 def _spec_entries(spec: str, suffixes) -> Iterator[tuple[Path, str | None]]:
-    """What one `--image` value names: a file (tried even if it is not an image, so the user hears why), a folder
-    (its image files, by suffix, sorted) or a glob pattern (its matches, sorted)."""
+    """What one `--image` value names: a file (tried even if it is not an image, so the user hears why), a `.txt`
+    file (a list of photos, as `--image_list`), a folder (its image files, by suffix, sorted) or a glob pattern (its
+    matches, sorted)."""
     path = Path(spec)
-    if path.is_dir():
+    if path.suffix.lower() == IMAGE_LIST_SUFFIX and path.is_file():
+        yield from _list_entries(path)
+    elif path.is_dir():
         found = False
         for entry in _folder_entries(path, suffixes):
             found = True

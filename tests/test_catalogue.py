@@ -226,7 +226,7 @@ def test_the_summary_of_several_ranks_adds_up():
 
 def test_output_stems_are_unique_and_the_same_on_every_rank(tmp_path):
     names = ["d1/a.jpg", "d2/a.jpg", "d1/a_2.jpg", "d3/A.png", "b.png", "c/b.jpg"]
-    inputs = image_inputs([], write_list(tmp_path / "list.txt", names))
+    inputs = image_inputs([str(write_list(tmp_path / "list.txt", names))])  # --image list.txt is --image_list list.txt
     assert [item.stem for item in inputs] == ["a", "a_3", "a_2", "A_4", "b", "b_2"]
     shares = [list(rank_share(enumerate(inputs), rank, 4)) for rank in range(4)]
     assert sorted((i, item.stem) for share in shares for i, item in share) == list(enumerate(item.stem for item in inputs))
