@@ -298,6 +298,8 @@ def _samples(pipeline, inputs: Iterable[InputItem], settings: AnimateSettings, f
             todo = _videos_to_make(result, settings, record)
             if todo:
                 image, result.start_frame = load_input(item, settings, index, pipeline.image_size, frames)
+                for sample in todo:  # their files change now: until its new sidecar, no video may count as complete
+                    outputs_of(result, sample, settings)["sidecar"].unlink(missing_ok=True)
                 save_image(image, input_image_path(settings.output_dir, item.stem))
         except (ImageReadError, VideoReadError, OSError) as error:
             result.fail(str(error))

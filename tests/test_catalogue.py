@@ -124,7 +124,7 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
-def test_a_rerun_skips_complete_videos_and_makes_the_rest(pipeline, tmp_path):
+def test_a_rerun_skips_complete_videos_and_makes_the_rest(pipeline, tmp_path, monkeypatch):
     inputs = image_inputs([str(p) for p in photos(tmp_path / "photos", 3)])
     out = tmp_path / "out"
     assert [r.skipped for r in animate(pipeline, inputs, settings_for(out))] == [0, 0, 0]
@@ -141,6 +141,16 @@ def test_a_rerun_skips_complete_videos_and_makes_the_rest(pipeline, tmp_path):
     assert [r.skipped for r in animate(pipeline, inputs, settings_for(out, steps=3))] == [2, 2, 2]
     assert [r.skipped for r in animate(pipeline, inputs, settings_for(out, steps=3, overwrite=True))] == [0, 0, 0]
     assert [r.skipped for r in animate(pipeline, inputs, settings_for(out, steps=3, low_memory=True))] == [2, 2, 2]
+
+    def no_room(path, record):
+        raise OSError(f"no space left on device: {path}")
+
+    # a run with other settings that writes the first photo's mp4s but not their sidecars (killed in between)
+    monkeypatch.setattr("models.animate.write_sidecar", no_room)
+    assert not next(animate(pipeline, image_inputs([str(tmp_path / "photos" / "look0.png")]), settings_for(out))).ok
+    monkeypatch.undo()
+    remade = {r.item.stem: r.skipped for r in animate(pipeline, inputs, settings_for(out, steps=3))}
+    assert remade == {"look0": 0, "look1": 2, "look2": 2}  # its mp4s changed: not complete with steps=3 any more
 
 
 KILL_IN_THE_SECOND_SIDECAR = """
