@@ -15,8 +15,9 @@ A rerun of the same command resumes: it skips every video whose files are comple
 last) records the same settings and source, makes the others, and says how many it skipped; `--overwrite` makes
 them all again. Under `torchrun` (several GPUs, several machines: `--nnodes`, `--node_rank`, `--master_addr`)
 every process animates its share of the inputs on its own GPU, and the videos are the same bytes as one
-process makes on the same kind of device (on the CPU: with the same threads per process). `--output_dir` also receives `manifest.jsonl`, one line per video (input, files, settings,
-seconds, status or error), and the run ends with a summary (made, skipped, failed, videos per hour).
+process makes on the same kind of device (on the CPU: with the same threads per process). `--output_dir` also
+receives `manifest.jsonl`, one line per video (input, files, settings, seconds, status or error), and the run
+ends with a summary (made, skipped, failed, videos per hour).
 
 Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_frame random` draws one per
 video from `--seed` so that the `--frames` window fits in the video (the original drew from [0, 171],
