@@ -85,11 +85,17 @@ class InputResult:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
+def is_pipeline_folder(path) -> bool:
+    """A folder written by `save_pretrained` / `python -m models.convert` (it holds a `model_index.json`)."""
+    return (Path(path) / "model_index.json").is_file()
+
+
 def check_checkpoint(path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint {path} not found. Download the released checkpoint from {RELEASED_CHECKPOINT_URL} into "
+            f"checkpoint {path} not found (nor a pipeline folder with a model_index.json). Download the released "
+            f"checkpoint from {RELEASED_CHECKPOINT_URL} into "
             "checkpoint/, train your own (`python -m models.quickstart` makes a tiny one offline), or pass "
             "--pretrained_model <path>"
         )
@@ -113,7 +119,8 @@ def load_pipeline(
     compile: bool = False,
     use_ema: bool = True,
 ) -> tuple[FashionFlowPipeline, str]:
-    """The pipeline set up for animating, and the precision it runs in.
+    """The pipeline set up for animating, and the precision it runs in. `checkpoint` is a checkpoint file of either
+    format or a pipeline folder (`models.convert`, `save_pretrained`).
 
     The weights are cast to `precision` (default: fp16 on CUDA, fp32 elsewhere) unless `autocast`, which keeps
     them fp32 under autocast as the original did. `compile` compiles the UNet and the VAE decoder.
@@ -122,16 +129,27 @@ def load_pipeline(
     precision = resolve_precision(precision or default_precision(device), device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
-    pipeline = FashionFlowPipeline.from_checkpoint(
-        check_checkpoint(checkpoint),
-        vae=vae,
-        clip=clip,
-        preprocessing=preprocessing,
-        preset=preset,
-        device=device,
-        dtype=torch.float32 if autocast else PRECISIONS[precision],
-        use_ema=use_ema,
-    )
+    dtype = torch.float32 if autocast else PRECISIONS[precision]
+    if is_pipeline_folder(checkpoint):
+        options = dict(vae=vae, clip=clip, preprocessing=preprocessing, preset=preset, no_ema=not use_ema)
+        given = [f"--{name}" for name, value in options.items() if value]
+        if given:
+            raise ValueError(
+                f"{checkpoint} is a pipeline folder, which fixes its encoders, preprocessing and weights: drop "
+                f"{', '.join(given)}, or pass the checkpoint it was converted from"
+            )
+        pipeline = FashionFlowPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(device)
+    else:
+        pipeline = FashionFlowPipeline.from_checkpoint(
+            check_checkpoint(checkpoint),
+            vae=vae,
+            clip=clip,
+            preprocessing=preprocessing,
+            preset=preset,
+            device=device,
+            dtype=dtype,
+            use_ema=use_ema,
+        )
     if compile:
         pipeline.compile()
     return pipeline, precision
@@ -209,7 +227,7 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     """Animate every input (`settings.num_videos` videos each); yield each input's result when it is complete."""
     from tqdm.auto import tqdm
 
-    frames = settings.frames or pipeline.config.frames
+    frames = settings.frames or pipeline.model_config.frames
     pipeline.check_num_frames(frames)
     pipeline.enable_encoder_offload(settings.low_memory)
     chunk = min(settings.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK) if settings.low_memory else settings.decode_chunk_size
@@ -261,7 +279,8 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
                 precision=settings.precision,
                 decode_chunk_size=chunk,
                 progress=settings.progress,
-            )
+                output_type="pt",
+            ).frames
             peak = {memory_kind(pipeline.device) + "_mb": round(peak_memory_mb(pipeline.device), 1)}
             writer.submit(write_batch, videos, batch, dict(record, **peak))  # waits for the previous batch's files
             yield from finished()

@@ -324,15 +324,16 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
     was_training = unet.training, adapter.training
     unet.eval(), adapter.eval()
     options = {k: v for k, v in (("sampler", cfg.sample_sampler), ("steps", cfg.sample_steps)) if v is not None}
-    pipeline = FashionFlowPipeline(unet, adapter, encoders, config)
+    pipeline = FashionFlowPipeline.from_parts(unet, adapter, encoders)
     video = pipeline(
         image[None],
         generator=torch.Generator().manual_seed(cfg.seed),
         progress=False,
         precision=cfg.precision,
         num_frames=cfg.frames or config.frames,
+        output_type="pt",
         **options,
-    )
+    ).frames
     unet.train(was_training[0]), adapter.train(was_training[1])
     writer.add_image("sample/input", image.clamp(0, 1).cpu(), step)
     add_gif(writer, "sample/video", video[0], step)
