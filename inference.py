@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pretrained_model",
         default="checkpoint/FashionFlow_checkpoint.pth",
-        help="checkpoint: the released FashionFlow_checkpoint.pth or one of ours (.pth / .safetensors)",
+        help="checkpoint: the released FashionFlow_checkpoint.pth, one of ours (.pth / .safetensors), or a pipeline "
+        "folder made by python -m models.convert",
     )
     p.add_argument(
         "--dataset",

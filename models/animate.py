@@ -134,11 +134,17 @@ class InputResult:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
+def is_pipeline_folder(path) -> bool:
+    """A folder written by `save_pretrained` / `python -m models.convert` (it holds a `model_index.json`)."""
+    return (Path(path) / "model_index.json").is_file()
+
+
 def check_checkpoint(path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint {path} not found. Download the released checkpoint from {RELEASED_CHECKPOINT_URL} into "
+            f"checkpoint {path} not found (nor a pipeline folder with a model_index.json). Download the released "
+            f"checkpoint from {RELEASED_CHECKPOINT_URL} into "
             "checkpoint/, train your own (`python -m models.quickstart` makes a tiny one offline), or pass "
             "--pretrained_model <path>"
         )
@@ -162,7 +168,8 @@ def load_pipeline(
     compile: bool = False,
     use_ema: bool = True,
 ) -> tuple[FashionFlowPipeline, str]:
-    """The pipeline set up for animating, and the precision it runs in.
+    """The pipeline set up for animating, and the precision it runs in. `checkpoint` is a checkpoint file of either
+    format or a pipeline folder (`models.convert`, `save_pretrained`).
 
     The weights are cast to `precision` (default: fp16 on CUDA, fp32 elsewhere) unless `autocast`, which keeps
     them fp32 under autocast as the original did. `compile` compiles the UNet and the VAE decoder.
@@ -171,16 +178,27 @@ def load_pipeline(
     precision = resolve_precision(precision or default_precision(device), device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
-    pipeline = FashionFlowPipeline.from_checkpoint(
-        check_checkpoint(checkpoint),
-        vae=vae,
-        clip=clip,
-        preprocessing=preprocessing,
-        preset=preset,
-        device=device,
-        dtype=torch.float32 if autocast else PRECISIONS[precision],
-        use_ema=use_ema,
-    )
+    dtype = torch.float32 if autocast else PRECISIONS[precision]
+    if is_pipeline_folder(checkpoint):
+        options = dict(vae=vae, clip=clip, preprocessing=preprocessing, preset=preset, no_ema=not use_ema)
+        given = [f"--{name}" for name, value in options.items() if value]
+        if given:
+            raise ValueError(
+                f"{checkpoint} is a pipeline folder, which fixes its encoders, preprocessing and weights: drop "
+                f"{', '.join(given)}, or pass the checkpoint it was converted from"
+            )
+        pipeline = FashionFlowPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(device)
+    else:
+        pipeline = FashionFlowPipeline.from_checkpoint(
+            check_checkpoint(checkpoint),
+            vae=vae,
+            clip=clip,
+            preprocessing=preprocessing,
+            preset=preset,
+            device=device,
+            dtype=dtype,
+            use_ema=use_ema,
+        )
     if compile:
         pipeline.compile()
     return pipeline, precision
@@ -229,7 +247,7 @@ def run_record(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> dict
     records others. Memory and speed options (batch size, decode chunks, `low_memory`) are not among them."""
     return dict(
         settings.record,
-        frames=settings.frames or pipeline.config.frames,
+        frames=settings.frames or pipeline.model_config.frames,
         fps=settings.fps,
         seed=settings.seed,
         sampler=settings.sampler,
@@ -322,7 +340,7 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
     from tqdm.auto import tqdm
 
-    frames = settings.frames or pipeline.config.frames
+    frames = settings.frames or pipeline.model_config.frames
     pipeline.check_num_frames(frames)
     pipeline.enable_encoder_offload(settings.low_memory)
     chunk = min(settings.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK) if settings.low_memory else settings.decode_chunk_size
@@ -361,7 +379,8 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
             precision=settings.precision,
             decode_chunk_size=chunk,
             progress=settings.progress,
-        )
+            output_type="pt",
+        ).frames
         seconds = time.perf_counter() - start
         made = dict(record, low_memory=settings.low_memory)
         made[memory_kind(pipeline.device) + "_mb"] = round(peak_memory_mb(pipeline.device), 1)

@@ -165,7 +165,7 @@ def load_state_strict(module: nn.Module, state: dict, *, what: str, path) -> Non
 
 
 def build_models(config: ModelConfig) -> tuple[SpaceTimeUnet, EmbeddingAdapter]:
-    return SpaceTimeUnet(config), EmbeddingAdapter(config)
+    return SpaceTimeUnet.from_model_config(config), EmbeddingAdapter.from_model_config(config)
 
 
 def load_weights(unet: nn.Module, adapter: nn.Module, weights: dict, *, path, what: str = "") -> None:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.close(dir_fd)
     except OSError:
         pass
+    return path
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)` on a new folder beside `path`, then rename it to `path`, which must be missing or an
+    empty folder; the temporary folder never survives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
+        if path.is_dir():
+            path.rmdir()  # empty, or this raises and nothing is lost
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
 
 

@@ -190,16 +190,17 @@ def resolve_resume(resume: str, output_dir, say) -> tuple[Path | None, dict | No
     link = output_dir / "latest.pth"
     if link.is_symlink() and not link.exists():
         say(f"{link} points to {os.readlink(link)}, which no longer exists; resuming from the newest readable checkpoint")
-    candidates = checkpoint_candidates(output_dir)
-    for path in candidates:
+    unreadable = []
+    for path in checkpoint_candidates(output_dir):
         try:
             return path, read_checkpoint(path)
         except (FileNotFoundError, CheckpointError) as error:
             say(f"not resuming from {path}: {error}")
-    if candidates:
+            unreadable.append(f"{path.name}: {error}")
+    if unreadable:
         raise CheckpointError(
-            f"none of the {len(candidates)} checkpoints in {output_dir} can be read (see above); move them away to "
-            "start afresh, or pass --resume with a readable checkpoint"
+            f"none of the {len(unreadable)} checkpoints in {output_dir} can be read; move them away to start afresh, "
+            "or pass --resume with a readable checkpoint. " + " | ".join(unreadable)
         )
     return None, None
 
@@ -323,15 +324,16 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
     was_training = unet.training, adapter.training
     unet.eval(), adapter.eval()
     options = {k: v for k, v in (("sampler", cfg.sample_sampler), ("steps", cfg.sample_steps)) if v is not None}
-    pipeline = FashionFlowPipeline(unet, adapter, encoders, config)
+    pipeline = FashionFlowPipeline.from_parts(unet, adapter, encoders)
     video = pipeline(
         image[None],
         generator=torch.Generator().manual_seed(cfg.seed),
         progress=False,
         precision=cfg.precision,
         num_frames=cfg.frames or config.frames,
+        output_type="pt",
         **options,
-    )
+    ).frames
     unet.train(was_training[0]), adapter.train(was_training[1])
     writer.add_image("sample/input", image.clamp(0, 1).cpu(), step)
     add_gif(writer, "sample/video", video[0], step)

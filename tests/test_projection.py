@@ -530,13 +530,15 @@ def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, m
     assert not same_setting([64, 48], [64, 40]) and same_setting([64, 48], [64, 48])
 
 
-def test_the_video_list_skips_hidden_files_and_keeps_folders_to_report_them(tmp_path):
-    from models.projection import list_videos
+def test_the_video_list_skips_hidden_files_and_keeps_folders_to_name_them(tmp_path):
+    from models.projection import _unusable, list_videos
 
     for name in ("b.mp4", "a.mov", ".a.mp4.part"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "c_subfolder").mkdir()  # named in the summary as "a folder, not a file"
-    assert [p.name for p in list_videos(tmp_path)] == ["a.mov", "b.mp4", "c_subfolder"]
+    (tmp_path / "c_subfolder").mkdir()
+    videos = list_videos(tmp_path)
+    assert [p.name for p in videos] == ["a.mov", "b.mp4", "c_subfolder"]  # a folder is reported, not silently dropped
+    assert _unusable(videos, 1, tmp_path) == {"c_subfolder": "a folder, not a file"}
 
 
 def test_every_video_whose_outputs_would_overwrite_anothers_is_named(tmp_path):
