@@ -196,16 +196,17 @@ def resolve_resume(resume: str, output_dir, say) -> tuple[Path | None, dict | No
     link = output_dir / "latest.pth"
     if link.is_symlink() and not link.exists():
         say(f"{link} points to {os.readlink(link)}, which no longer exists; resuming from the newest readable checkpoint")
-    candidates = checkpoint_candidates(output_dir)
-    for path in candidates:
+    unreadable = []
+    for path in checkpoint_candidates(output_dir):
         try:
             return path, read_checkpoint(path)
         except (FileNotFoundError, CheckpointError) as error:
             say(f"not resuming from {path}: {error}")
-    if candidates:
+            unreadable.append(f"{path.name}: {error}")
+    if unreadable:
         raise CheckpointError(
-            f"none of the {len(candidates)} checkpoints in {output_dir} can be read (see above); move them away to "
-            "start afresh, or pass --resume with a readable checkpoint"
+            f"none of the {len(unreadable)} checkpoints in {output_dir} can be read; move them away to start afresh, "
+            "or pass --resume with a readable checkpoint. " + " | ".join(unreadable)
         )
     return None, None
 

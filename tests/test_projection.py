@@ -529,21 +529,25 @@ def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, m
     assert not _same_setting([64, 48], [64, 40]) and _same_setting([64, 48], [64, 48])
 
 
-def test_the_video_list_skips_folders_and_hidden_files(tmp_path):
-    from models.projection import list_videos
+def test_the_video_list_skips_hidden_files_and_keeps_folders_to_name_them(tmp_path):
+    from models.projection import _unusable, list_videos
 
     for name in ("b.mp4", "a.mov", ".a.mp4.part"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "c_subfolder").mkdir()
-    assert [p.name for p in list_videos(tmp_path)] == ["a.mov", "b.mp4"]
+    videos = list_videos(tmp_path)
+    assert [p.name for p in videos] == ["a.mov", "b.mp4", "c_subfolder"]  # a folder is reported, not silently dropped
+    assert _unusable(videos, 1, tmp_path) == {"c_subfolder": "a folder, not a file"}
 
 
-def test_every_video_whose_outputs_would_overwrite_anothers_is_named():
-    from models.projection import _name_collisions
+def test_every_video_whose_outputs_would_overwrite_anothers_is_named(tmp_path):
+    from models.projection import _unusable
 
-    videos = [Path(n) for n in ("a.mov", "a.mp4", "b.mp4", "b_image.mp4", "c.mp4", "c_clip1.mp4", "d.mp4")]
-    assert sorted(_name_collisions(videos, clips=1)) == ["a.mp4", "b_image.mp4"]  # c_clip1.pt is free with one clip
-    clashes = _name_collisions(videos, clips=2)
+    videos = [tmp_path / n for n in ("a.mov", "a.mp4", "b.mp4", "b_image.mp4", "c.mp4", "c_clip1.mp4", "d.mp4")]
+    for video in videos:
+        video.write_bytes(b"")
+    assert sorted(_unusable(videos, 1, tmp_path)) == ["a.mp4", "b_image.mp4"]  # c_clip1.pt is free with one clip
+    clashes = _unusable(videos, 2, tmp_path)
     assert sorted(clashes) == ["a.mp4", "b_image.mp4", "c_clip1.mp4"]
     assert "clash with c.mp4's" in clashes["c_clip1.mp4"] and "clash with b.mp4's" in clashes["b_image.mp4"]
 
