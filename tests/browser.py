@@ -54,9 +54,8 @@ def chromium(width: int = 1280, height: int = 1000):
             driver.quit()
 
 
-def animate_in_page(driver, url: str, photo, *, timeout: float = 120) -> list:
-    """Open the demo, upload `photo`, press Animate and wait until the first video has a source that plays:
-    returns [src, readyState, duration in seconds]."""
+def press_animate(driver, url: str, photo, *, timeout: float) -> None:
+    """Open the demo, upload `photo` and press Animate."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -66,11 +65,32 @@ def animate_in_page(driver, url: str, photo, *, timeout: float = 120) -> list:
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))  # the upload has arrived
     driver.find_element(By.ID, "animate").click()
 
+
+def animate_in_page(driver, url: str, photo, *, timeout: float = 120) -> list:
+    """Animate `photo` in the page and wait until the first video has a source that plays: returns [src,
+    readyState, duration in seconds]."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    press_animate(driver, url, photo, timeout=timeout)
+
     def playable(d):
         state = d.execute_script(VIDEO_STATE)
         return state if state and state[2] and state[2] > 0 else None
 
-    return wait.until(playable)
+    return WebDriverWait(driver, timeout).until(playable)
+
+
+def error_in_page(driver, url: str, photo, *, timeout: float = 120) -> str:
+    """Animate `photo` in the page, expecting it to fail: returns the text of the error the page shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    press_animate(driver, url, photo, timeout=timeout)
+
+    def shown(d):
+        return "\n".join(toast.text for toast in d.find_elements(By.CSS_SELECTOR, ".toast-body")).strip() or None
+
+    return WebDriverWait(driver, timeout).until(shown)
 
 
 def screenshot(url: str, photo, path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from browser import animate_in_page, chromium, missing_browser
+from browser import animate_in_page, chromium, error_in_page, missing_browser
 
 from models.animate import AnimateSettings, load_pipeline
 from models.checkpoint import RELEASED_CHECKPOINT_PATH
@@ -228,8 +228,11 @@ def test_a_failing_photo_shows_its_reason_and_the_server_goes_on(server, tmp_pat
 
 def test_in_chromium_an_uploaded_photo_becomes_a_video_that_plays(server, tmp_path):
     require_demo(missing_browser())
+    broken = truncated_copy(EXAMPLES / "blue.jpg", tmp_path / "broken.jpg")
     with chromium() as driver:
-        src, ready, duration = animate_in_page(driver, server["url"], PHOTO)
+        error = error_in_page(driver, server["url"], broken)
+        src, ready, duration = animate_in_page(driver, server["url"], PHOTO)  # the server goes on
         driver.save_screenshot(str(tmp_path / "page.png"))
+    assert "cannot read image" in error and "broken.jpg: corrupt or truncated image" in error and "Pass a photo" in error
     assert src.startswith(server["url"]) and src.endswith("synthetic_sample0.mp4")
     assert ready >= 1 and duration == pytest.approx(8 / 25, abs=0.05)  # the tiny model's 8 frames at 25 fps
