@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"  # Debian's packages chromium and chromium-driver
 CHROMIUM_FLAGS = (
@@ -61,7 +62,7 @@ def press_animate(driver, url: str, photo, *, timeout: float) -> None:
 
     wait = WebDriverWait(driver, timeout)
     driver.get(url)
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#photo input[type=file]")).send_keys(str(photo))
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#photo input[type=file]")).send_keys(str(Path(photo).resolve()))  # an absolute path
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))  # the upload has arrived
     driver.find_element(By.ID, "animate").click()
 
