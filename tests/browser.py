@@ -62,7 +62,8 @@ def press_animate(driver, url: str, photo, *, timeout: float) -> None:
 
     wait = WebDriverWait(driver, timeout)
     driver.get(url)
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#photo input[type=file]")).send_keys(str(Path(photo).resolve()))  # an absolute path
+    upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#photo input[type=file]"))
+    upload.send_keys(str(Path(photo).resolve()))  # chromedriver takes absolute paths only
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))  # the upload has arrived
     driver.find_element(By.ID, "animate").click()
 
