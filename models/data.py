@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch.utils.data import Dataset
 
 from .files import load_weights_only
@@ -31,6 +32,11 @@ def clip_files(root, name: str) -> tuple[Path, Path]:
 def _pair_original_layout(root: Path) -> list[str]:
     """Names `<name>` with both `<name>.pt` and `<name>_image.pt`, as the original script leaves them."""
     return sorted(p.stem for p in root.glob("*.pt") if (root / f"{p.stem}_image.pt").is_file())
+
+
+def unet_layout(latents: torch.Tensor) -> torch.Tensor:
+    """A batch of stored latents in the UNet's layout."""
+    return rearrange(latents, "b f c h w -> b c f h w")
 
 
 def load_tensor(path: Path) -> torch.Tensor:

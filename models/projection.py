@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data import clip_files
 from .distributed import rank_share
 from .files import atomic_torch_save, leftover_temp_files, name_max
 from .manifest import append_manifest_entry, manifest_path, read_manifest, same_setting
 from .outputs import ensure_writable_dir
+from .progress import progress_bar
 from .video_io import (
     VideoReadError,
     count_frames,
@@ -309,7 +309,7 @@ def project_dataset(
     )  # fmt: skip
     for video in mine:
         projector.remove_partial_writes(video)
-    bar = tqdm(total=len(mine), unit="video", disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = progress_bar(total=len(mine), unit="video", disable=not progress or rank != 0, dynamic_ncols=True)
 
     def log(message: str) -> None:
         bar.write(message, file=sys.stderr)  # above the bar when it shows, plain stderr otherwise
