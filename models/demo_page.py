@@ -34,7 +34,7 @@ def example_photos() -> list[str]:
 
 
 def model_line(choice, pipeline, precision: str) -> str:
-    config = pipeline.config
+    config = pipeline.model_config
     height, width = pipeline.image_size
     return (
         f"Model: {choice.origin}, `{choice.checkpoint}` ({config.frames} frames at {width}x{height}, "
@@ -44,7 +44,7 @@ def model_line(choice, pipeline, precision: str) -> str:
 
 def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
     """The demo page, serving `pipeline` and writing each request's files under `output_dir`."""
-    fewest, most, step = frames_range(pipeline.config)
+    fewest, most, step = frames_range(pipeline.model_config)
 
     # Gradio finds the progress bar by this default; it follows the tqdm bars of animate() and the pipeline
     def run(photo, frames, steps, sampler, seed, num_videos, fps, resize_mode, gif, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
