@@ -5,15 +5,25 @@
     python inference.py --image shoots/ --num_of_vid 3 --gif --seed 7
     python inference.py --sampler ddpm --steps 1000       # the original's procedure (slow)
     python inference.py --image photo.jpg --frames 200 --loop   # longer than trained, looping
+    python inference.py --image_list photos.txt           # one photo path per line (a catalogue of any size)
+    torchrun --nproc_per_node=8 inference.py --image catalogue/ --output_dir videos/   # 8 GPUs split the inputs
 
 For each input, `--output_dir` receives the conditioning image `<stem>_input.png` and, per sample k,
 `<stem>_sample<k>.mp4` (H.264, plays in browsers and on phones) with a sidecar `<stem>_sample<k>.json`
 (source, start frame, frames, fps, seed, sampler, ...), optionally `.gif` and a `_frames/` folder of pngs.
 
+A rerun of the same command resumes: it skips every video whose files are complete and whose sidecar (written
+last) records the same settings and source, makes the others, and says how many it skipped; `--overwrite` makes
+them all again. Under `torchrun` (several GPUs, several machines: `--nnodes`, `--node_rank`, `--master_addr`)
+every process animates its share of the inputs on its own GPU, and the videos are the same bytes as one
+process makes on the same kind of device (on the CPU: with the same threads per process). `--output_dir` also
+receives `manifest.jsonl`, one line per video (input, files, settings, seconds, status or error), and the run
+ends with a summary (made, skipped, failed, videos per hour).
+
 Dataset mode animates frame `--start_frame` (default 0) of each video; `--start_frame random` draws one per
 video from `--seed` so that the `--frames` window fits in the video (the original drew from [0, 171],
-assuming 241-frame videos). Inputs that cannot be read are reported by name and skipped; the exit status
-is 1 when any input failed, 2 when nothing could start.
+assuming 241-frame videos). Inputs that cannot be read are reported by name and the others still animated;
+the exit status is 1 when any input failed, 2 when nothing could start.
 
 Precision: on CUDA the networks' weights are cast to fp16 (the precision the original's UNet ran in, under
 autocast over fp32 weights: `--autocast` does that); on the CPU the default is fp32, bf16 works, and fp16
@@ -33,6 +43,7 @@ import sys
 from models.cli import USER_ERRORS, non_negative_int, positive_int, print_user_error, run_command
 from models.config import DEFAULT_FPS, PREPROCESSING_MODES, PRESETS
 from models.diffusion import SAMPLERS
+from models.distributed import add_local_rank_argument
 
 
 def start_frame_arg(text: str):
@@ -52,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pretrained_model",
         default="checkpoint/FashionFlow_checkpoint.pth",
-        help="checkpoint: the released FashionFlow_checkpoint.pth or one of ours (.pth / .safetensors)",
+        help="checkpoint: the released FashionFlow_checkpoint.pth, one of ours (.pth / .safetensors), or a pipeline "
+        "folder made by python -m models.convert",
     )
     p.add_argument(
         "--dataset",
@@ -60,7 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of videos whose frame --start_frame is animated (used when --image is not given)",
     )
     p.add_argument(
-        "--image", nargs="+", metavar="PATH", help="photo(s) to animate: files, folders (their images) or quoted glob patterns"
+        "--image",
+        nargs="+",
+        metavar="PATH",
+        help="photo(s) to animate: files, folders (their images), quoted glob patterns or .txt lists (as --image_list)",
+    )
+    p.add_argument(
+        "--image_list",
+        metavar="FILE",
+        default=None,
+        help="text file with one photo path per line, animated after any --image (read lazily: any number of lines)",
     )
     p.add_argument("--num_of_vid", type=positive_int, default=1, help="videos per input, each from its own seed")
     p.add_argument("--output_dir", default="result", help="where videos, input images and sidecars are written")
@@ -118,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encoders off the GPU while idle and 2-frame decode chunks (a 70-frame 640x512 video in under 12 GB)",
     )
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument(
+        "--device", default=None, help="e.g. cuda, cuda:1, cpu (default: this process's GPU under torchrun, else cuda if any)"
+    )
     p.add_argument("--batch_size", type=positive_int, default=1, help="videos denoised together")
     p.add_argument(
         "--decode_chunk_size", type=positive_int, default=8, help="frames per VAE decode call (lower it to save memory)"
@@ -140,14 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_ema", action="store_true", help="use the raw weights even if the checkpoint holds EMA ones")
     p.add_argument("--gif", action="store_true", help="also write <stem>_sample<k>.gif")
     p.add_argument("--png_frames", action="store_true", help="also write the frames to <stem>_sample<k>_frames/")
+    p.add_argument(
+        "--overwrite", action="store_true", help="make every video again (default: keep those a run already completed)"
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_local_rank_argument(p)
     return p
 
 
 def main(argv=None) -> int:
-    from tqdm.auto import tqdm
-
-    from models.animate import AnimateSettings, animate, load_pipeline
+    from models.animate import AnimateSettings
+    from models.catalogue import animate_catalogue
     from models.inference_io import image_inputs, video_inputs
     from models.outputs import ensure_writable_dir
     from models.pipeline import DEFAULT_STEPS
@@ -155,35 +181,28 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ensure_writable_dir(args.output_dir, "--output_dir")
-        inputs = image_inputs(args.image) if args.image else video_inputs(args.dataset)
-        pipeline, precision = load_pipeline(
-            args.pretrained_model, vae=args.vae, clip=args.clip, preprocessing=args.preprocessing, preset=args.preset,
-            device=args.device, precision=args.precision, autocast=args.autocast, compile=args.compile,
-            use_ema=not args.no_ema,
-        )  # fmt: skip
+        if args.image or args.image_list:
+            inputs = image_inputs(args.image or [], args.image_list)
+        else:
+            inputs = video_inputs(args.dataset)
+        model = dict(checkpoint=str(args.pretrained_model), preset=args.preset, vae=args.vae, clip=args.clip, ema=not args.no_ema)
         settings = AnimateSettings(
             output_dir=args.output_dir, num_videos=args.num_of_vid, frames=args.frames, sampler=args.sampler,
-            steps=args.steps or DEFAULT_STEPS, seed=args.seed, precision=precision, batch_size=args.batch_size,
+            steps=args.steps or DEFAULT_STEPS, seed=args.seed, batch_size=args.batch_size,
             decode_chunk_size=args.decode_chunk_size, fps=args.fps, resize_mode=args.resize_mode,
             start_frame=args.start_frame, loop=args.loop, overlap=args.overlap, gif=args.gif, png_frames=args.png_frames,
-            low_memory=args.low_memory, progress=not args.no_progress, record=dict(checkpoint=str(args.pretrained_model)),
+            low_memory=args.low_memory,
+            progress=not args.no_progress, record=model, overwrite=args.overwrite,
         )  # fmt: skip
-        results = animate(pipeline, inputs, settings)
-        written, failed = 0, []
-        for result in results:
-            if result.ok:
-                written += len(result.videos)
-            else:
-                failed.append(result)
-                tqdm.write(f"skipped {result.item.path}: {result.error}")  # above the progress bar
+        summary = animate_catalogue(
+            inputs, settings, args.pretrained_model, device=args.device, local_rank=args.local_rank, vae=args.vae,
+            clip=args.clip, preprocessing=args.preprocessing, preset=args.preset, precision=args.precision,
+            autocast=args.autocast, compile=args.compile, use_ema=not args.no_ema,
+        )  # fmt: skip
     except USER_ERRORS as error:
         print_user_error("inference.py", error)
         return 2
-    print(f"wrote {written} video(s) to {args.output_dir}")
-    if failed:
-        print(f"{len(failed)} input(s) failed: " + ", ".join(str(r.item.path) for r in failed), file=sys.stderr)
-        return 1
-    return 0
+    return summary.exit_code
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from models.distributed import add_local_rank_argument
 
 HELP = {
     "dataset_vae": "folder of projected latents written by project_latent_space.py",
+    "val_dataset_vae": "held-out projected clips (e.g. the projection of fashion_dataset/test): a validation loss with "
+    "fixed timesteps and noise, and the sample videos' photo",
     "output_dir": "checkpoint folder (step_<n>.pth, latest.pth); on several nodes it must be shared storage",
     "log_dir": "TensorBoard event folder",
     "sample_dir": "folder for the periodic sample videos (mp4)",
@@ -45,14 +47,17 @@ HELP = {
     "resume": "'auto' (newest checkpoint in --output_dir, else a fresh run), 'none', or a checkpoint path",
     "checkpoint_every": "write a checkpoint every this many optimizer steps (and at the last step)",
     "keep_last": "how many step checkpoints to keep (0 = all)",
-    "log_every": "log the loss (averaged over ranks and steps), lr, gradient norm and throughput every N steps",
-    "sample_every": "generate a sample video from a training image every N steps (0 = never)",
+    "log_every": "log the loss (averaged over ranks and steps), lr, gradient norm and throughput every N steps (to "
+    "TensorBoard, and to the console with --no-progress)",
+    "val_every": "compute the validation loss every N steps (and at the last step); needs --val_dataset_vae",
+    "sample_every": "generate a sample video every N steps (0 = never), from the first held-out clip's photo when "
+    "--val_dataset_vae is given, else from a training image",
     "sample_sampler": "sampler for the sample videos; default: the pipeline's",
     "sample_steps": "denoising steps for the sample videos; default: the pipeline's",
     "max_nonfinite": "stop after this many consecutive steps with a non-finite loss or gradient",
     "num_workers": "data-loading worker processes per rank",
     "device": "cpu, cuda, cuda:1, ...; default: this rank's GPU, else the CPU",
-    "progress": "show a progress bar on rank 0",
+    "progress": "show a progress bar on rank 0 (refreshed at most every few seconds when the output is not a terminal)",
     "export_safetensors": "also write <output_dir>/final.safetensors at the end",
 }
 CHOICES = {"preset": sorted(PRESETS), "preprocessing": PREPROCESSING_MODES, "precision": sorted(PRECISIONS)}

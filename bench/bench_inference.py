@@ -81,7 +81,8 @@ def generate(pipe, images, *, sampler, steps, precision, chunk, frames, seed, sa
             decode_chunk_size=chunk,
             generator=[sample_generator(seed, i, k)],
             progress=False,
-        )
+            output_type="pt",
+        ).frames
         if pipe.device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
@@ -135,7 +136,7 @@ def main(argv=None) -> Path:
         checkpoint, _, clips = build_trained_model(cfg)
         pipe = FashionFlowPipeline.from_checkpoint(checkpoint, vae=cfg.vae_dir, clip=cfg.clip_dir, device=device)
         model = f"the quickstart's tiny model ({_shown(checkpoint)}), held-out synthetic clips"
-    frames = args.frames or pipe.config.frames
+    frames = args.frames or pipe.model_config.frames
     clips = clips[: args.inputs]
     truth = ground_truth(clips, pipe.image_size, frames) if clips else None
     images = (

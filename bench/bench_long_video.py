@@ -84,7 +84,7 @@ def generate(pipe, images, generators, *, frames, overlap, mode, loop, steps):
         latents = pipe.denoise(noise, context, latent, sampler=DEFAULT_SAMPLER, steps=steps, generator=generators)
         return pipe.decode_latents(latents)
     return sample_long_video(
-        pipe, images, generators, window=pipe.config.frames, num_frames=frames, loop=loop, overlap=overlap,
+        pipe, images, generators, window=pipe.model_config.frames, num_frames=frames, loop=loop, overlap=overlap,
         overlap_mode=mode, sampler=DEFAULT_SAMPLER, steps=steps, progress=False,
     )  # fmt: skip
 
@@ -132,7 +132,7 @@ def main(argv=None) -> Path:
     cfg.train_steps = args.train_steps or cfg.train_steps
     checkpoint, encoders, _ = build_trained_model(cfg)
     pipe = FashionFlowPipeline.from_checkpoint(checkpoint, vae=cfg.vae_dir, clip=cfg.clip_dir, device="cpu")
-    window = pipe.config.frames
+    window = pipe.model_config.frames
     truth, masks = ground_truth(cfg.seed, args.inputs, args.frames, pipe.image_size)
     truth, masks = truth.repeat_interleave(args.samples, 0), masks.repeat(args.samples, 0)
     images = truth[:, 0]

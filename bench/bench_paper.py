@@ -116,9 +116,8 @@ class Bench:
         unet, adapter = build_models(self.config)
         self.weights = {"net": unet.state_dict(), "adapter": adapter.state_dict()}
         encoders = FrozenEncoders.from_pretrained(vae=self.vae_dir, clip=self.clip_dir, preprocessing=self.config.preprocessing)
-        self.pipeline = FashionFlowPipeline(
-            unet.eval().requires_grad_(False), adapter.eval().requires_grad_(False), encoders, self.config
-        )
+        unet, adapter = unet.eval().requires_grad_(False), adapter.eval().requires_grad_(False)
+        self.pipeline = FashionFlowPipeline.from_parts(unet, adapter, encoders)
         self.frames = self.config.frames
         self.latent_shape = (1, self.config.channels, self.frames, *self.config.latent_size)
         self.image = torch.rand(1, 3, *self.pipeline.image_size, generator=torch.Generator().manual_seed(0))
@@ -324,8 +323,8 @@ def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None =
     def make_video(i: int):
         return pipeline(
             bench.image, sampler=DEFAULT_SAMPLER, steps=steps, generator=torch.Generator().manual_seed(i),
-            precision=bench.precision, decode_chunk_size=bench.args.decode_chunk_size, progress=False,
-        )[0]  # fmt: skip
+            precision=bench.precision, decode_chunk_size=bench.args.decode_chunk_size, progress=False, output_type="pt",
+        ).frames[0]  # fmt: skip
 
     latency = median_seconds(bench.device, lambda: write_mp4(make_video(0), tmp / "latency.mp4"), repeats=repeats, warmup=0)
     start = time.perf_counter()
@@ -634,7 +633,7 @@ def section_memory(bench: Bench) -> dict:
 
         def video(chunk=chunk, pipeline=pipeline):
             pipeline(bench.image, steps=steps, generator=torch.Generator().manual_seed(0), precision=bench.precision,
-                     decode_chunk_size=chunk, progress=False)  # fmt: skip
+                     decode_chunk_size=chunk, progress=False, output_type="pt")  # fmt: skip
 
         video()  # cuDNN autotuning of new shapes allocates workspaces beyond the steady state
         if bench.cuda:
@@ -712,13 +711,14 @@ def report_markdown(results: dict) -> str:
         if "end_to_end" in ours:
             e2e = ours["end_to_end"]
             lines += ["", f"End to end (photo -> mp4 through `FashionFlowPipeline`): **{fmt_s(e2e['latency'])}** for one "
-                      f"{inf['video_seconds']:.1f} s clip on its own (median of {e2e['videos']}), **{inf['speedup']:.1f}x** the original "
-                      f"procedure; {fmt_s(e2e['per_video_overlapped'])} per video back to back, the mp4 encoding overlapping the "
-                      "next video as in inference.py."]  # fmt: skip
+                      f"{inf['video_seconds']:.1f} s clip on its own (median of {e2e['videos']}), "
+                      f"**{inf['speedup']:.1f}x** the original procedure; {fmt_s(e2e['per_video_overlapped'])} per video "
+                      "back to back, the mp4 encoding overlapping the next video as in inference.py."]  # fmt: skip
             if "compiled" in results:
                 c = results["compiled"]
                 lines += ["", f"With `--compile` (UNet and decoder): **{fmt_s(c['latency'])}** for one video, "
-                          f"{orig['total'] / c['latency']:.1f}x the original; {fmt_s(c['per_video_overlapped'])} per video back to back. "
+                          f"{orig['total'] / c['latency']:.1f}x the original; "
+                          f"{fmt_s(c['per_video_overlapped'])} per video back to back. "
                           f"Compiling took {fmt_s(c['first_videos_seconds'])} (the first video)."]  # fmt: skip
         else:
             lines += [
@@ -754,9 +754,8 @@ def report_markdown(results: dict) -> str:
                 if "psnr_vs_fp32_db" in r
                 else "-"
             )
-            lines.append(
-                f"| {name}{extra} | {fmt_s(r['seconds_per_frame'])} | {r['speedup_vs_original']:.2f}x | {r['utilisation']:.0%} | {q} |"
-            )
+            speed = f"{fmt_s(r['seconds_per_frame'])} | {r['speedup_vs_original']:.2f}x | {r['utilisation']:.0%}"
+            lines.append(f"| {name}{extra} | {speed} | {q} |")
     if "sdpa" in results:
         lines += ["", f"## Attention kernels ({results['sdpa']['dtype']} UNet call)", ""]
         lines += [f"- `{k['name']}`: {k['share']:.1%} of the call's kernel time" for k in results["sdpa"]["kernels"]] or [

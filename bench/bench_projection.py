@@ -31,10 +31,10 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from models.config import PRECISIONS, PREPROCESSING_MODES  # noqa: E402
-from models.data import read_manifest  # noqa: E402
 from models.distributed import pick_device  # noqa: E402
 from models.encoders import FrozenEncoders  # noqa: E402
 from models.files import atomic_torch_save  # noqa: E402
+from models.manifest import read_manifest  # noqa: E402
 from models.projection import project_dataset  # noqa: E402
 from models.tiny_components import save_tiny_encoders  # noqa: E402
 from models.video_io import count_frames, frames_to_tensor, read_video_frames, resize_frame, write_mp4  # noqa: E402

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The one GPU command (issue 11): paper-scale bench on CUDA, UNet precisions and torch.compile, the SDPA
-# kernels, the golden test on CUDA, 1-GPU NCCL torchrun training with a checkpoint and a resume.
+# kernels, the golden test on CUDA, 1-GPU NCCL torchrun training with a checkpoint and a resume, and sharded
+# batch inference (issue 17): `torchrun` over every GPU present against one process, tiny preset.
 #
 #   bash bench/gpu_suite.sh            # -> bench/results/gpu_<device>.md (+ raw JSON and logs in $OUT, if set)
 #   PARTS="paper" SECTIONS=decoder,compiled bash bench/gpu_suite.sh   # a rerun of some parts (default: all)
 #
 # Each part has its own time limit and a failing part does not stop the others; the whole takes under
-# 8 minutes on one H100. Machines without a package registry: put wheels in .whl/ (see bench/README.md) and
+# 8 minutes on one H100 (the sharded inference part adds up to 2.5). Machines without a package registry: put wheels in .whl/ (see bench/README.md) and
 # the shared reference in .shared/ (or set FASHIONFLOW_SHARED).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ standins=${STANDINS:-/tmp/fashionflow_standins}
 part() {  # part NAME SECONDS COMMAND...: run with a limit, log to $RAW/NAME.log, record the status
   local name=$1 limit=$2
   shift 2
-  case " ${PARTS:-standins paper golden_test torchrun} " in *" $name "*) ;; *) return 0 ;; esac
+  case " ${PARTS:-standins paper golden_test torchrun sharded_inference} " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name (limit ${limit} s, $(($(date +%s) - start)) s into the suite)"
   timeout --kill-after=10 "$limit" "$@" >"$RAW/$name.log" 2>&1
   local rc=$?
@@ -49,6 +50,10 @@ part paper 330 "$PY" bench/bench_paper.py --device cuda --sections "${SECTIONS:-
   --max_train_batch 32 --json "$RAW/paper.json" --report "$RAW/paper.md"
 part golden_test 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py -k golden
 part torchrun 100 bash bench/gpu_torchrun.sh
+gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+# one rank per GPU; with a single GPU, two ranks share it (does one tiny-model process leave the GPU idle?)
+part sharded_inference 150 "$PY" bench/bench_inference_sharded.py --device cuda --processes "$([ "$gpus" -gt 1 ] && echo "$gpus" || echo 2)" \
+  --photos $((64 * gpus)) --repeats 2 --out "$RAW/inference_sharded.md"
 
 {
   cat "$RAW/paper.md" 2>/dev/null || echo "# GPU suite: $device (the paper bench wrote no report; see paper.log)"
@@ -64,6 +69,10 @@ part torchrun 100 bash bench/gpu_torchrun.sh
   echo "## 1-GPU NCCL torchrun training, checkpoint and resume (\`bash bench/gpu_torchrun.sh\`)"
   echo
   grep -E "^(PASS|FAIL)" "$RAW/torchrun.log" | sed 's/^/- /'
+  echo
+  echo "## Sharded batch inference (\`bench/bench_inference_sharded.py\`)"
+  echo
+  sed -n '3,$p' "$RAW/inference_sharded.md" 2>/dev/null || echo "(no result; see sharded_inference.log)"
   echo
   echo "## Parts"
   echo

@@ -8,21 +8,29 @@ the CLIP tokens) mixes them back to the CLIP token count.
 from __future__ import annotations
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from torch import nn
 
-from .config import ModelConfig
+from .config import PAPER, ModelConfigFields
 
 
-class EmbeddingAdapter(nn.Module):
+class EmbeddingAdapter(ModelMixin, ConfigMixin, ModelConfigFields):
     """`adapter(clip_hidden [b, n, d], vae_latent [b, c, h, w]) -> context [b, n, d]`."""
 
-    def __init__(self, config: ModelConfig | None = None, **overrides):
+    @register_to_config
+    def __init__(
+        self,
+        *,
+        channels: int = PAPER.channels,
+        latent_size: tuple[int, int] = PAPER.latent_size,
+        context_tokens: int = PAPER.context_tokens,
+        context_dim: int = PAPER.context_dim,
+    ):
         super().__init__()
-        config = (config or ModelConfig()).replace(**overrides) if overrides else (config or ModelConfig())
-        self.config = config
-        h, w = config.latent_size
-        n, d, c = config.context_tokens, config.context_dim, config.channels
+        h, w = latent_size
+        n, d, c = context_tokens, context_dim, channels
         self.pool = nn.MaxPool2d(2)
         self.vae2clip = nn.Linear((h // 2) * (w // 2), d)  # paper: 40 * 32 = 1280 -> 768
         self.linear1 = nn.Linear(n + c, n)  # paper: 54 tokens -> 50

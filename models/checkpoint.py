@@ -31,6 +31,7 @@ from .unet import SpaceTimeUnet
 
 FORMAT = "fashionflow"
 VERSION = 1
+RELEASED_CHECKPOINT_PATH = "checkpoint/FashionFlow_checkpoint.pth"  # where the README's download puts it
 # the direct download (dl=1); Dropbox's dl=0 links serve a web page instead of the file
 RELEASED_CHECKPOINT_URL = (
     "https://www.dropbox.com/scl/fi/p9fv7o3j7ti0yu2umsgmv/FashionFlow_checkpoint.pth?rlkey=mqsto9i4ujh6xhvab0e2s6n7d&dl=1"
@@ -165,7 +166,7 @@ def load_state_strict(module: nn.Module, state: dict, *, what: str, path) -> Non
 
 
 def build_models(config: ModelConfig) -> tuple[SpaceTimeUnet, EmbeddingAdapter]:
-    return SpaceTimeUnet(config), EmbeddingAdapter(config)
+    return SpaceTimeUnet.from_model_config(config), EmbeddingAdapter.from_model_config(config)
 
 
 def load_weights(unet: nn.Module, adapter: nn.Module, weights: dict, *, path, what: str = "") -> None:

@@ -7,6 +7,7 @@ the architecture.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +91,38 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+PAPER = ModelConfig()  # the defaults of every network's registered config
+
+
+class ModelConfigFields:
+    """For our diffusers networks (`ModelMixin` + `ConfigMixin`), whose `__init__` keywords are `ModelConfig` fields.
+
+    diffusers registers those keywords as the network's config (`model.config`, saved as `config.json`): the one
+    record of what the network is. This mixin builds a network from a `ModelConfig` and reads its config back as one.
+    """
+
+    # from_pretrained copies the weights into the network's own tensors instead of adopting the memory-mapped file's:
+    # those sit at 8-byte offsets, where CPU matmuls round differently from the 64-byte aligned tensors of a network
+    # loaded from a .pth, and the same checkpoint would not give the same video both ways
+    _supports_param_buffer_assignment = False
+
+    @classmethod
+    def config_fields(cls) -> tuple[str, ...]:
+        """The `ModelConfig` fields this network registers: its `__init__` keywords."""
+        return tuple(inspect.signature(cls.__init__).parameters)[1:]  # after self
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig):
+        """The network that `config` describes (it takes the fields it registers and leaves the rest)."""
+        return cls(**{name: getattr(config, name) for name in cls.config_fields()})
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The registered config as a `ModelConfig` (tuples restored after JSON, values checked); the fields this
+        network does not register keep their defaults."""
+        return ModelConfig(**{name: self.config[name] for name in self.config_fields()})
 
 
 # Tiny preset: same classes, smaller numbers. Pairs with models/tiny_components.py (a 2-level VAE

@@ -3,7 +3,7 @@
 A projected folder (written by `project_latent_space.py`) holds, per clip `<name>`:
 - `<name>_image.pt`: the clip's first frame, float `[3, H, W]` in [0, 1] (the conditioning photo);
 - `<name>.pt`: the clip's VAE latents, float `[F, C, h, w]`, already scaled by the VAE's scaling factor;
-- one JSON line in `manifest.jsonl` (`manifest.rank<k>.jsonl` while several ranks write at once) recording the
+- one JSON line in `manifest.jsonl` (models/manifest.py; `manifest.rank<k>.jsonl` while several ranks write) recording the
   clip's source video, start frame, frame count, size, latent shape, preprocessing, VAE and seed.
 A folder the original script wrote has the same tensors and no manifest; it is read as 'legacy' preprocessing.
 """
@@ -11,17 +11,15 @@ A folder the original script wrote has the same tensors and no manifest; it is r
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch.utils.data import Dataset
 
-from .files import atomic_write, leftover_temp_files, load_weights_only
+from .files import load_weights_only
+from .manifest import MANIFEST_NAME, read_manifest
 
-MANIFEST_NAME = "manifest.jsonl"
-RANK_MANIFEST_GLOB = "manifest.rank*.jsonl"
 LEGACY_PREPROCESSING = "legacy"  # what the original's projection fed the VAE (docs/ORIGINAL.md, "Legacy pixel range")
 
 
@@ -31,76 +29,14 @@ def clip_files(root, name: str) -> tuple[Path, Path]:
     return root / f"{name}_image.pt", root / f"{name}.pt"
 
 
-def manifest_path(root, rank: int | None = None) -> Path:
-    """The manifest a writer appends to: `manifest.jsonl`, or `manifest.rank<k>.jsonl` for rank k of several."""
-    return Path(root) / (MANIFEST_NAME if rank is None else f"manifest.rank{rank}.jsonl")
-
-
-def manifest_files(root) -> list[Path]:
-    root = Path(root)
-    main = [root / MANIFEST_NAME] if (root / MANIFEST_NAME).is_file() else []
-    return main + sorted(root.glob(RANK_MANIFEST_GLOB))
-
-
-def _read_entries(path: Path) -> list[dict]:
-    entries = []
-    lines = path.read_bytes().split(b"\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            # an interrupted append leaves a partial last line: that clip is simply not recorded (it is re-projected)
-            if number < len(lines) - 1:
-                warnings.warn(f"{path}:{number}: ignoring a line that is not a manifest entry", stacklevel=3)
-            continue
-        entries.append(entry)
-    return entries
-
-
-def read_manifest(root) -> dict[str, dict]:
-    """Every clip recorded in `root`'s manifests, by name (a later line for the same name wins)."""
-    entries = {}
-    for path in manifest_files(root):
-        for entry in _read_entries(path):
-            entries[entry["name"]] = entry
-    return entries
-
-
-def append_manifest_entry(path, entry: dict) -> None:
-    """Append one JSON line and fsync it; a partial line left by a crash is closed off first, never extended."""
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    with open(path, "a+b") as f:
-        if f.seek(0, os.SEEK_END) > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = b"\n" + line
-        f.write(line)  # one write in append mode: lands whole at the end of the file
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def merge_manifests(root) -> Path | None:
-    """Rewrite `manifest.jsonl` atomically with every recorded clip (sorted, broken lines dropped) and remove the
-    per-rank manifests. Returns the manifest's path, or None when nothing is recorded."""
-    for tmp in leftover_temp_files(manifest_path(root)):  # a killed merge's; every rank has finished writing
-        tmp.unlink(missing_ok=True)
-    entries = read_manifest(root)
-    if not entries:
-        return None
-    text = "".join(json.dumps(entries[name], sort_keys=True) + "\n" for name in sorted(entries))
-    path = atomic_write(manifest_path(root), lambda tmp: Path(tmp).write_text(text))
-    for rank_file in Path(root).glob(RANK_MANIFEST_GLOB):
-        rank_file.unlink(missing_ok=True)
-    return path
-
-
 def _pair_original_layout(root: Path) -> list[str]:
     """Names `<name>` with both `<name>.pt` and `<name>_image.pt`, as the original script leaves them."""
     return sorted(p.stem for p in root.glob("*.pt") if (root / f"{p.stem}_image.pt").is_file())
+
+
+def unet_layout(latents: torch.Tensor) -> torch.Tensor:
+    """A batch of stored latents in the UNet's layout."""
+    return rearrange(latents, "b f c h w -> b c f h w")
 
 
 def load_tensor(path: Path) -> torch.Tensor:

@@ -77,6 +77,15 @@ def frame_conditioned_loss(
     return per_frame.sum()
 
 
+def set_steps(scheduler, num_steps: int):
+    """`scheduler` with `num_steps` inference timesteps set (between 1 and its training steps)."""
+    train_steps = scheduler.config.num_train_timesteps
+    if not 1 <= num_steps <= train_steps:
+        raise ValueError(f"steps must be between 1 and {train_steps}, got {num_steps}")
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
 def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = None):
     """A diffusers scheduler over the FashionFlow betas with `num_steps` inference steps set.
 
@@ -86,8 +95,6 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     betas = fashionflow_betas() if betas is None else betas
-    if not 1 <= num_steps <= len(betas):
-        raise ValueError(f"steps must be between 1 and {len(betas)}, got {num_steps}")
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type="epsilon")
     if name == "ddpm":
         scheduler = DDPMScheduler(**common, variance_type="fixed_small", clip_sample=False, timestep_spacing="trailing")
@@ -102,8 +109,7 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
             final_sigmas_type="zero",
             lower_order_final=True,
         )
-    scheduler.set_timesteps(num_steps)
-    return scheduler
+    return set_steps(scheduler, num_steps)
 
 
 def sample_latents(
@@ -113,20 +119,26 @@ def sample_latents(
     *,
     first_frame: torch.Tensor,
     generator: torch.Generator | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Run `scheduler` from noise `latents` [b, c, f, h, w]; `eps_model(x, t [b] float) -> eps`.
 
-    Frame 0 is re-imposed before the first and after every step, as in the original. Runs without autograd.
+    Frame 0 is re-imposed before the first and after every step, as in the original. `callback(i, total, latents)`
+    runs after every step; latents it returns replace the current ones. Sampling ends early, with the latents of
+    the last step taken, once `interrupt()` is true before a step. Runs without autograd.
     """
     with torch.no_grad():  # a block, not a decorator: mutmut (bench/mutation.sh) leaves decorated functions unmutated
         latents = condition_first_frame(latents * scheduler.init_noise_sigma, first_frame)
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
+            if interrupt is not None and interrupt():
+                break
             t_batch = torch.full((latents.shape[0],), float(t), device=latents.device)
             eps = eps_model(scheduler.scale_model_input(latents, t), t_batch).to(latents.dtype)
             latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
             latents = condition_first_frame(latents, first_frame)
             if callback is not None:
-                callback(i, len(timesteps), latents)
+                replaced = callback(i, len(timesteps), latents)
+                latents = latents if replaced is None else replaced
     return latents

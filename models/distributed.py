@@ -1,4 +1,4 @@
-"""Process-group set-up shared by training and projection.
+"""Process-group set-up and rank bookkeeping shared by training, projection and batch inference.
 
 Works unchanged as a plain single process, under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the
 environment) and under `python -m torch.distributed.launch` (which passes `--local_rank` or
@@ -8,11 +8,18 @@ environment) and under `python -m torch.distributed.launch` (which passes `--loc
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .manifest import merge_manifests
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -102,3 +109,20 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def rank_share(items: Iterable[T], rank: int, world_size: int) -> Iterator[T]:
+    """Items `rank`, `rank + world_size`, ... of `items`, lazily: the ranks split any list, each item to one rank."""
+    return itertools.islice(items, rank, None, world_size)
+
+
+def finish_ranks(summary, output_dir):
+    """Every rank's summary added up (`type(summary).merge`), returned on every rank so that all exit alike; once
+    every rank has finished writing, the main rank merges the per-rank manifests of `output_dir` and prints the
+    total (`summary.report()`)."""
+    total = type(summary).merge(all_gather_objects(summary))
+    barrier()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        merge_manifests(output_dir)
+        print(total.report())
+    return total

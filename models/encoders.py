@@ -53,6 +53,11 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether `name` means a Hugging Face hub id here: no such local path, and shaped like "name" or "owner/name"."""
+    return not Path(name).expanduser().exists() and not _looks_like_path(name)
+
+
 def _read_config(directory: Path) -> dict | None:
     path = directory / "config.json"
     if not path.is_file():
@@ -208,6 +213,24 @@ def preprocess_clip(images: torch.Tensor, mode: str, size: int = 224) -> torch.T
         values = values * (1 / 255)
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
     return (values - mean) / std
+
+
+def clip_image_processor(size: int, mode: str):
+    """A transformers CLIPImageProcessor that writes down what `preprocess_clip(images, mode, size)` does to uint8
+    photos (bicubic shortest side and centre crop to `size`, 'legacy''s second 1/255, CLIP's mean and std), for a
+    pipeline folder's `feature_extractor`. The pipeline itself computes CLIP's input with `preprocess_clip`, whose
+    numbers are pinned to the original's."""
+    from transformers import CLIPImageProcessor
+
+    check_preprocessing(mode)
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=Image.BICUBIC,
+        rescale_factor=1 / 255 if mode == "standard" else 1 / 255**2,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- encoders

@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,16 @@ def leftover_temp_files(path) -> list[Path]:
     return sorted(path.parent.glob(pattern))
 
 
+def leftover_temp_files_in(directory) -> list[Path]:
+    """Temporary files of any `atomic_write` into `directory` that a killed process left behind (one listing, however
+    many files the folder holds)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = re.compile(rf"\..+\.[a-z0-9_]{{{TEMP_RANDOM_CHARS}}}{re.escape(TEMP_SUFFIX)}")  # mkstemp's alphabet
+    return sorted(directory / name for name in os.listdir(directory) if pattern.fullmatch(name))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
     path = Path(path)
@@ -95,6 +106,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.close(dir_fd)
     except OSError:
         pass
+    return path
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)` on a new folder beside `path`, then rename it to `path`, which must be missing or an
+    empty folder; the temporary folder never survives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
+        if path.is_dir():
+            path.rmdir()  # empty, or this raises and nothing is lost
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
 
 

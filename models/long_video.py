@@ -112,11 +112,11 @@ def sample_long_video(
     loop: bool = False,
     overlap: int | None = None,
     overlap_mode: str = DEFAULT_OVERLAP_MODE,
-    sampler: str,
+    sampler: str | None,
     steps: int,
     precision: str = "fp32",
     decode_chunk_size: int = 8,
-    progress: bool = True,
+    progress: bool | None = True,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Videos of `num_frames` frames for `images [B, 3, H, W]` in [0, 1]: [B, F, 3, H, W] on the CPU.
@@ -125,8 +125,6 @@ def sample_long_video(
     `callback(step, total, window latents)` runs after every denoising step of every window, `step` counting over
     all windows.
     """
-    from tqdm.auto import tqdm
-
     from .pipeline import autocast
 
     length = window
@@ -135,10 +133,10 @@ def sample_long_video(
     pipeline.check_num_frames(num_frames)
     total = num_frames + overlap * int(loop)  # looping: frames past the end, to cross-fade into the head
     windows = plan_windows(total, length, overlap)
-    bar = tqdm(total=len(windows) * steps, desc=f"{len(windows)} windows", unit="step", leave=False, disable=not progress)
+    bar = pipeline._progress_bar(len(windows) * steps, progress)
 
     def encode(frames):  # [B, 3, H, W] -> (context, latent [B, c, h, w]), as the pipeline encodes a photo
-        with autocast(pipeline.device, precision, pipeline.dtype):
+        with autocast(pipeline._execution_device, precision, pipeline.dtype):
             return pipeline.encode_image(frames, generators)
 
     context, photo_latent = encode(images)

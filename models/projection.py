@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .data import append_manifest_entry, clip_files, manifest_path, read_manifest
+from .data import clip_files
+from .distributed import rank_share
 from .files import atomic_torch_save, leftover_temp_files, name_max
+from .manifest import append_manifest_entry, manifest_path, read_manifest, same_setting
 from .outputs import ensure_writable_dir
+from .progress import progress_bar
 from .video_io import (
     VideoReadError,
     count_frames,
@@ -147,15 +149,6 @@ def _unusable(videos: list[Path], clips: int, output_dir: Path) -> dict[str, str
     return skipped
 
 
-def _same_setting(recorded, wanted) -> bool:
-    """Equal, or two spellings (relative / absolute) of one local folder, such as a `--vae` directory."""
-    if recorded == wanted:
-        return True
-    if isinstance(recorded, str) and isinstance(wanted, str) and Path(recorded).exists() and Path(wanted).exists():
-        return Path(recorded).resolve() == Path(wanted).resolve()
-    return False
-
-
 class _Projector:
     """Projects the videos of one rank into `output_dir`."""
 
@@ -174,7 +167,7 @@ class _Projector:
     def _check_existing(self):
         wanted = {"frames": self.frames, "size": list(self.size), **self.settings}
         for name, entry in self.manifest.items():
-            differing = [k for k in MATCHING_KEYS if k in entry and not _same_setting(entry[k], wanted[k])]
+            differing = [k for k in MATCHING_KEYS if k in entry and not same_setting(entry[k], wanted[k])]
             if differing:
                 found = ", ".join(f"{k}={entry[k]!r} (now {wanted[k]!r})" for k in differing)
                 raise ValueError(
@@ -290,7 +283,7 @@ def project_dataset(
     world_size: int = 1,
     progress: bool = True,
 ) -> ProjectionSummary:
-    """Project this rank's share (`videos[rank::world_size]`) of `dataset_dir` into `output_dir`.
+    """Project this rank's share of `dataset_dir` (videos rank, rank + world_size, ...) into `output_dir`.
 
     encoders: anything with `encode_frames(frames [N, 3, H, W], *, generator, chunk_size)` (a FrozenEncoders).
     size: (H, W) every frame is resized to (bilinear, stretching like the original).
@@ -307,15 +300,16 @@ def project_dataset(
     summary = ProjectionSummary()
     videos = list_videos(dataset_dir)
     unusable = _unusable(videos, clips_per_video, output_dir)
-    mine = [v for v in videos[rank::world_size] if v.name not in unusable]
-    summary.skipped.update({v.name: unusable[v.name] for v in videos[rank::world_size] if v.name in unusable})
+    share = list(rank_share(videos, rank, world_size))
+    mine = [v for v in share if v.name not in unusable]
+    summary.skipped.update({v.name: unusable[v.name] for v in share if v.name in unusable})
     projector = _Projector(
         output_dir, encoders, frames=frames, clips_per_video=clips_per_video, seed=seed, batch_size=batch_size,
         size=size, settings={"preprocessing": preprocessing, "vae": str(vae)}, rank=rank, world_size=world_size,
     )  # fmt: skip
     for video in mine:
         projector.remove_partial_writes(video)
-    bar = tqdm(total=len(mine), unit="video", disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = progress_bar(total=len(mine), unit="video", disable=not progress or rank != 0, dynamic_ncols=True)
 
     def log(message: str) -> None:
         bar.write(message, file=sys.stderr)  # above the bar when it shows, plain stderr otherwise
@@ -369,8 +363,7 @@ def project(
     project this rank's share, merge the manifests and print the summary on rank 0; returns the total summary.
     Defaults (frames, size, VAE, preprocessing) come from the preset."""
     from .config import check_precision, get_preset
-    from .data import merge_manifests
-    from .distributed import all_gather_objects, barrier, cleanup_distributed, setup_distributed
+    from .distributed import cleanup_distributed, finish_ranks, setup_distributed
     from .encoders import FrozenEncoders
 
     config = get_preset(preset, **({"preprocessing": preprocessing} if preprocessing else {}))
@@ -386,11 +379,6 @@ def project(
             seed=seed, batch_size=batch_size, size=size or encoders.image_size(config.latent_size),
             preprocessing=config.preprocessing, vae=vae, rank=env.rank, world_size=env.world_size, progress=progress,
         )  # fmt: skip
-        total = ProjectionSummary.merge(all_gather_objects(summary))
-        barrier()
-        if env.is_main:
-            merge_manifests(output_dir)
-            print(total.report())
-        return total
+        return finish_ranks(summary, output_dir)
     finally:
         cleanup_distributed()

@@ -118,9 +118,8 @@ def fit_tiny_vae(
     Its `scaling_factor` is set to 1 / std of the latents, as Stable Diffusion's 0.18215 was, so the diffusion
     model sees latents of unit variance. Frames go in on [-1, 1], the 'standard' preprocessing of the tiny preset.
     """
-    from tqdm.auto import tqdm
-
     from .metrics import psnr
+    from .progress import progress_bar
     from .tiny_components import build_tiny_vae
     from .video_io import read_video_frames
 
@@ -129,7 +128,7 @@ def fit_tiny_vae(
     vae = build_tiny_vae(seed).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="fit tiny VAE", disable=not progress)
+    bar = progress_bar(range(steps), desc="fit tiny VAE", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(frames), (min(batch, len(frames)),), generator=g)
         x = frames[idx]

@@ -22,7 +22,7 @@ def summarize(config: ModelConfig | None = None, *, batch: int = 1, depth: int =
     from torchinfo import summary
 
     config = config or ModelConfig()
-    unet = SpaceTimeUnet(config).eval()
+    unet = SpaceTimeUnet.from_model_config(config).eval()
     h, w = config.latent_size
     x = torch.randn(batch, config.channels, config.frames, h, w)
     context = torch.randn(batch, config.context_tokens, config.context_dim)

@@ -41,9 +41,13 @@ from .checkpoint import (
     unwrap,
 )
 from .config import DEFAULT_FPS, PRECISIONS, ModelConfig, check_precision, get_preset
+from .data import unet_layout
 from .diffusion import NoiseSchedule, frame_conditioned_loss
 from .distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
 from .outputs import RunLock, ensure_writable_dir
+from .progress import progress_bar
+from .training_report import checkpoint_line, loss_line, start_block, summary_block, validation_line
+from .validation import validation_loss
 from .video_io import encode_gif, write_mp4
 
 CHECKPOINT_PREFIX = "step_"
@@ -53,6 +57,7 @@ CHECKPOINT_PREFIX = "step_"
 class TrainConfig:
     # data and output folders (the original's names)
     dataset_vae: str = "fashion_dataset_tensor"  # projected latents: <name>.pt, <name>_image.pt, manifest.jsonl
+    val_dataset_vae: str | None = None  # held-out projected clips (e.g. of fashion_dataset/test): validation, samples
     output_dir: str = "checkpoint"
     log_dir: str = "video_progress"
     sample_dir: str = "training_sample"
@@ -80,6 +85,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # optimizer steps; the last step is always saved
     keep_last: int = 3  # step checkpoints kept in output_dir (0 = keep all)
     log_every: int = 10
+    val_every: int = 1000  # optimizer steps between validation losses (the last step is always validated)
     sample_every: int = 5000  # 0 = no sample videos
     sample_sampler: str | None = None  # default: the pipeline's fast default
     sample_steps: int | None = None
@@ -220,7 +226,7 @@ def check_config(cfg: TrainConfig, env: DistEnv) -> None:
     check_precision(cfg.precision, "--precision")
     if cfg.precision == "fp16" and env.device.type == "cpu":
         raise ValueError("--precision fp16 needs a GPU (CPU autocast runs in bf16); use --precision bf16 or fp32 on CPU")
-    for name in ("batch_size", "grad_accum", "log_every"):
+    for name in ("batch_size", "grad_accum", "log_every", "val_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.checkpoint_every < 1:
@@ -243,15 +249,16 @@ def model_config_for(cfg: TrainConfig, ckpt: dict | None) -> ModelConfig:
     return config
 
 
-def open_dataset(cfg: TrainConfig, config: ModelConfig, image_size: tuple[int, int]):
-    """The projected clips, each checked against the model's latent shape and the images its VAE encodes."""
+def open_dataset(cfg: TrainConfig, config: ModelConfig, image_size: tuple[int, int], root=None):
+    """The projected clips in `root` (default: the training set), each checked against the model's latent shape and
+    the images its VAE encodes."""
     from .data import LatentVideoDataset
 
     frames = cfg.frames or config.frames
     if frames % config.frame_multiple:
         raise ValueError(f"--frames {frames} must be divisible by {config.frame_multiple} for this model")
     return LatentVideoDataset(
-        cfg.dataset_vae,
+        root or cfg.dataset_vae,
         frames=frames,
         preprocessing=config.preprocessing,
         latent_shape=(config.channels, *config.latent_size),
@@ -316,24 +323,40 @@ def add_gif(writer, tag: str, video: torch.Tensor, step: int, *, fps: int = DEFA
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
+@contextlib.contextmanager
+def evaluating(*modules: nn.Module):
+    """The modules in eval mode for the block, each back in its own mode after it."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+def training_autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
+
+
 @torch.no_grad()
 def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: ModelConfig, image, step: int) -> Path:
-    """A video from one training image with the project's pipeline: TensorBoard GIF and an mp4 in `sample_dir`."""
+    """A video from one photo with the project's pipeline: TensorBoard GIF and an mp4 in `sample_dir`."""
     from .pipeline import FashionFlowPipeline
 
-    was_training = unet.training, adapter.training
-    unet.eval(), adapter.eval()
     options = {k: v for k, v in (("sampler", cfg.sample_sampler), ("steps", cfg.sample_steps)) if v is not None}
-    pipeline = FashionFlowPipeline(unet, adapter, encoders, config)
-    video = pipeline(
-        image[None],
-        generator=torch.Generator().manual_seed(cfg.seed),
-        progress=False,
-        precision=cfg.precision,
-        num_frames=cfg.frames or config.frames,
-        **options,
-    )
-    unet.train(was_training[0]), adapter.train(was_training[1])
+    pipeline = FashionFlowPipeline.from_parts(unet, adapter, encoders)
+    with evaluating(unet, adapter):
+        video = pipeline(
+            image[None],
+            generator=torch.Generator().manual_seed(cfg.seed),
+            progress=False,
+            precision=cfg.precision,
+            num_frames=cfg.frames or config.frames,
+            output_type="pt",
+            **options,
+        ).frames
     writer.add_image("sample/input", image.clamp(0, 1).cpu(), step)
     add_gif(writer, "sample/video", video[0], step)
     return write_mp4(video[0], Path(cfg.sample_dir) / f"step_{step:07d}.mp4")
@@ -378,6 +401,11 @@ class TrainingRun:
     start_batch: int = 0  # the batch of `epoch` to read next
     loss: float = math.nan  # of the last finite step, averaged over ranks
     last_saved: Path | None = None
+    validation: object = None  # the held-out clips (a LatentVideoDataset), when --val_dataset_vae names them
+    val_last: tuple[int, float] | None = None  # (step, validation loss), rank 0 only
+    val_best: tuple[int, float] | None = None
+    start_step: int = 0  # of this process's run
+    started: float = 0.0  # time.perf_counter() when this process's run started
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -385,7 +413,17 @@ class TrainingRun:
 
     @property
     def sample_weights(self) -> tuple[nn.Module, nn.Module]:
+        """The weights samples, validation and exports use: the EMA's when there is one."""
         return (self.ema.unet, self.ema.adapter) if self.ema is not None else (self.unet, self.adapter)
+
+    @property
+    def sample_source(self) -> str:
+        return f"held-out clip {self.validation.names[0]}" if self.validation is not None else "the latest training batch"
+
+    def sample_image(self, result: dict) -> torch.Tensor:
+        """The photo sample videos start from: the first held-out clip's (the same at every step) when there are
+        held-out clips, else the latest training batch's."""
+        return self.validation[0]["image"] if self.validation is not None else result["image"][0]
 
 
 def choose_resume(cfg: TrainConfig, env: DistEnv, say) -> tuple[Path | None, dict | None]:
@@ -452,7 +490,21 @@ def open_loader(cfg: TrainConfig, env: DistEnv, config: ModelConfig, encoders) -
     return dict(loader=loader, sampler=sampler, batches_per_epoch=batches_per_epoch, total_steps=total_steps)
 
 
+def open_validation(cfg: TrainConfig, config: ModelConfig, encoders):
+    """The held-out clips of `--val_dataset_vae`, checked like the training set's; None without the flag."""
+    if cfg.val_dataset_vae is None:
+        return None
+    return open_dataset(cfg, config, encoders.image_size(config.latent_size), cfg.val_dataset_vae)
+
+
+def config_text(run: TrainingRun) -> str:
+    """The run's settings and model configuration for TensorBoard's text tab (an indented block: JSON kept as is)."""
+    text = json.dumps({"train": asdict(run.cfg), "model": run.config.to_dict(), "world_size": run.env.world_size}, indent=2)
+    return "\n".join("    " + line for line in text.splitlines())
+
+
 def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
+    """Everything the loop needs, from a checkpoint when resuming; rank 0 says what the run is about to do."""
     from tqdm.auto import tqdm
 
     from .encoders import FrozenEncoders
@@ -471,27 +523,29 @@ def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
         say=say,
         **build_trainables(cfg, env, config, ckpt, path),
         **open_loader(cfg, env, config, encoders),
-    )
-    say(
-        f"{len(run.loader.dataset)} clips, {env.world_size} process(es) on {env.device.type} "
-        f"({env.backend or 'no process group'}), batch {cfg.batch_size} per process x {cfg.grad_accum} accumulation = "
-        f"{cfg.batch_size * cfg.grad_accum * env.world_size} per step, {run.total_steps} steps, {cfg.precision}"
+        validation=open_validation(cfg, config, encoders),
     )
     if ckpt is not None:
-        restore_training_state(run, ckpt, path)
+        started_from = restore_training_state(run, ckpt, path)
+    else:
+        started_from = "a fresh run" + ("" if cfg.resume in ("", "none") else f" (no checkpoint in {cfg.output_dir})")
+    say(start_block(run, started_from))
+    if run.step >= run.total_steps:
+        say(f"step {run.step} reaches the {run.total_steps} steps asked for: nothing to train; raise --max_steps to go on")
     if env.is_main:
         from tensorboardX import SummaryWriter
 
         run.writer = SummaryWriter(cfg.log_dir)
+        run.writer.add_text("config", config_text(run), run.step)
+    run.start_step, run.started = run.step, time.perf_counter()
     return run
 
 
-def restore_training_state(run: TrainingRun, ckpt: dict, path: Path) -> None:
-    """Optimizer, schedule, scaler, EMA, position and RNG streams from `ckpt`; a file without training state
-    (a released or exported checkpoint) only initialises the weights."""
+def restore_training_state(run: TrainingRun, ckpt: dict, path: Path) -> str:
+    """Optimizer, schedule, scaler, EMA, position, validation record and RNG streams from `ckpt`; a file without
+    training state (a released or exported checkpoint) only initialises the weights. Says where the run starts."""
     if "step" not in ckpt:
-        run.say(f"initialised the weights from {path} (no training state in it): starting at step 0")
-        return
+        return f"the weights of {path} (it holds no training state), at step 0"
     run.opt.load_state_dict(ckpt["opt"])
     run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     if run.scaler.is_enabled() and ckpt.get("scaler"):
@@ -500,6 +554,8 @@ def restore_training_state(run: TrainingRun, ckpt: dict, path: Path) -> None:
         run.ema.load_state_dict(ckpt["ema"], path=path)
     run.step, run.epoch, run.start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
     run.loss, run.last_saved = ckpt.get("loss", run.loss), path
+    validation = ckpt.get("validation") or {}
+    run.val_last, run.val_best = (tuple(validation[k]) if validation.get(k) else None for k in ("last", "best"))
     same_layout = ckpt.get("world_size") == run.env.world_size and ckpt.get("batch_size") == run.cfg.batch_size
     if not (same_layout and restore_rng_states(ckpt.get("rng", {}), run.generator, run.env)):
         run.say(
@@ -508,21 +564,19 @@ def restore_training_state(run: TrainingRun, ckpt: dict, path: Path) -> None:
         )
         run.generator = rank_generator(run.cfg.seed + run.step, run.env.rank)
         run.epoch, run.start_batch = run.epoch + 1, 0
-    run.say(f"resuming from {path} at step {run.step} (epoch {run.epoch}, batch {run.start_batch})")
-    if run.step >= run.total_steps:
-        run.say(f"step {run.step} reaches the {run.total_steps} steps asked for: nothing to train; raise --max_steps to go on")
+    return f"resuming from {path} at step {run.step} (epoch {run.epoch}, batch {run.start_batch})"
 
 
 def accumulate_gradients(run: TrainingRun, batches) -> dict:
     """Forward and backward over `grad_accum` micro-batches; the loss's mean (and whether it was finite) over
     ranks, the clip names, the last conditioning image and where the data stands after them."""
     cfg, dev = run.cfg, run.env.device
-    autocast = torch.autocast(dev.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
+    autocast = training_autocast(cfg, dev)
     loss_sum, names = torch.zeros((), device=dev), []
     for micro in range(cfg.grad_accum):
         epoch, index, batch = next(batches)
         image = batch["image"].to(dev, non_blocking=True)  # [b, 3, H, W] in [0, 1]
-        latents = batch["latents"].to(dev, non_blocking=True).permute(0, 2, 1, 3, 4)  # [b, f, c, h, w] -> [b, c, f, h, w]
+        latents = unet_layout(batch["latents"]).to(dev, non_blocking=True)
         names += list(batch["name"])
         with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
             clip_hidden = run.encoders.encode_clip(image)
@@ -571,13 +625,35 @@ def optimizer_step(run: TrainingRun, result: dict, nonfinite_run: int) -> tuple[
     return grad_norm, nonfinite_run
 
 
-def log_scalars(run: TrainingRun, losses: list[float], grad_norm: torch.Tensor, seconds: float) -> None:
-    """Mean loss over the steps since the last log, learning rate, gradient norm and throughput (rank 0)."""
+def log_scalars(run: TrainingRun, losses: list[float], grad_norm: torch.Tensor, seconds: float) -> dict:
+    """Mean loss over the steps since the last log, learning rate, gradient norm and throughput, to TensorBoard
+    (rank 0); returns them by tag."""
     samples = run.cfg.batch_size * run.cfg.grad_accum * run.env.world_size * len(losses)
-    run.writer.add_scalar("train/loss", sum(losses) / len(losses), run.step)
-    run.writer.add_scalar("train/lr", run.opt.param_groups[0]["lr"], run.step)
-    run.writer.add_scalar("train/grad_norm", grad_norm.item(), run.step)
-    run.writer.add_scalar("train/samples_per_sec", samples / max(seconds, 1e-9), run.step)
+    scalars = {
+        "train/loss": sum(losses) / len(losses),
+        "train/lr": run.opt.param_groups[0]["lr"],
+        "train/grad_norm": grad_norm.item(),
+        "train/samples_per_sec": samples / max(seconds, 1e-9),
+    }
+    for tag, value in scalars.items():
+        run.writer.add_scalar(tag, value, run.step)
+    return scalars
+
+
+def validate(run: TrainingRun) -> None:
+    """The validation loss of the sample weights (the EMA's when on) on the held-out clips, to TensorBoard and the
+    console (rank 0)."""
+    unet, adapter = run.sample_weights
+    with evaluating(unet, adapter):
+        loss = validation_loss(
+            TrainingObjective(unet, adapter, run.objective.schedule), run.validation, run.encoders, seed=run.cfg.seed,
+            batch_size=run.cfg.batch_size, device=run.env.device, autocast=training_autocast(run.cfg, run.env.device),
+        )  # fmt: skip
+    run.val_last = (run.step, loss)
+    if run.val_best is None or loss < run.val_best[1]:
+        run.val_best = run.val_last
+    run.writer.add_scalar("val/loss", loss, run.step)
+    run.say(validation_line(run))
 
 
 def save_run(run: TrainingRun) -> None:
@@ -605,19 +681,29 @@ def save_run(run: TrainingRun) -> None:
             batch_size=run.cfg.batch_size,
             rng=rng,
             loss=run.loss,
+            validation={"last": run.val_last, "best": run.val_best},
             train_config=asdict(run.cfg),
         )
         point_latest(output_dir, run.last_saved)
         prune_checkpoints(output_dir, run.cfg.keep_last)
+        run.say(checkpoint_line(run))
     barrier()
 
 
 def finish_run(run: TrainingRun) -> dict:
-    """The run's summary (also `train_summary.json` on rank 0), after the optional safetensors export."""
+    """The run's summary (also `train_summary.json` and the console on rank 0), after the optional safetensors
+    export. Validation losses are rank 0's (None elsewhere)."""
+    (val_step, val_loss), (best_step, best_loss) = run.val_last or (None, None), run.val_best or (None, None)
     summary = {
         "step": run.step,
         "epoch": run.epoch,
+        "steps_this_run": run.step - run.start_step,
+        "seconds": time.perf_counter() - run.started,
         "loss": run.loss if math.isfinite(run.loss) else None,
+        "val_loss": val_loss,
+        "val_step": val_step,
+        "best_val_loss": best_loss,
+        "best_val_step": best_step,
         "checkpoint": str(run.last_saved) if run.last_saved else None,
         "rank_weight_digests": all_gather_objects(weights_digest(run.unet, run.adapter)),
         "world_size": run.env.world_size,
@@ -631,15 +717,14 @@ def finish_run(run: TrainingRun) -> dict:
         run.writer.close()
         text = json.dumps(summary, indent=2, allow_nan=False)
         atomic_write(output_dir / "train_summary.json", lambda tmp: Path(tmp).write_text(text))
+        run.say(summary_block(summary, run.cfg))
     return summary
 
 
 def _train(cfg: TrainConfig, env: DistEnv) -> dict:
-    from tqdm.auto import tqdm
-
     run = start_run(cfg, env)
     batches = epoch_batches(run.loader, run.sampler, epoch=run.epoch, start_batch=run.start_batch)
-    bar = tqdm(total=run.total_steps, initial=run.step, disable=not (env.is_main and cfg.progress), desc="train")
+    bar = progress_bar(total=run.total_steps, initial=run.step, disable=not (env.is_main and cfg.progress), desc="train")
     nonfinite_run, losses, log_start = 0, [], time.perf_counter()
     while run.step < run.total_steps:
         result = accumulate_gradients(run, batches)
@@ -651,13 +736,21 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
         last = run.step == run.total_steps
 
         if env.is_main and (run.step % cfg.log_every == 0 or last) and losses:
-            log_scalars(run, losses, grad_norm, time.perf_counter() - log_start)
-            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", epoch=run.epoch)
+            scalars = log_scalars(run, losses, grad_norm, time.perf_counter() - log_start)
+            if bar.disable:  # --no-progress: the loss still reaches the console
+                run.say(loss_line(run, scalars))
+            else:
+                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", epoch=run.epoch)
             losses, log_start = [], time.perf_counter()
+        if run.validation is not None and (run.step % cfg.val_every == 0 or last):
+            if env.is_main:
+                validate(run)
+            barrier()
         if cfg.sample_every and (run.step % cfg.sample_every == 0 or last):
             if env.is_main:
-                path = write_sample(cfg, run.writer, *run.sample_weights, run.encoders, run.config, result["image"][0], run.step)
-                run.say(f"step {run.step}: sample video {path}")
+                image = run.sample_image(result)
+                path = write_sample(cfg, run.writer, *run.sample_weights, run.encoders, run.config, image, run.step)
+                run.say(f"step {run.step}: sample video {path} from {run.sample_source}")
             barrier()
         if run.step % cfg.checkpoint_every == 0 or last:
             save_run(run)

@@ -14,12 +14,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from einops import rearrange, repeat
 from einops.layers.torch import Rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
+from .config import PAPER, ModelConfigFields
 
 
 def exists(val):
@@ -301,13 +302,36 @@ class Upsample(nn.Module):
         return self.up_time(x) if exists(self.up_time) else x
 
 
-class SpaceTimeUnet(nn.Module):
-    """`unet(x [b, c, f, h, w], context [b, n, d], timestep [b] float) -> eps prediction [b, c, f, h, w]`."""
+class SpaceTimeUnet(ModelMixin, ConfigMixin, ModelConfigFields):
+    """`unet(x [b, c, f, h, w], context [b, n, d], timestep [b] float) -> eps prediction [b, c, f, h, w]`.
 
-    def __init__(self, config: ModelConfig | None = None, **overrides):
+    `latent_size` and `frames` do not shape the network: they record the clip it was trained on, the defaults of a
+    pipeline call (as `sample_size` and `num_frames` do in diffusers' video UNets).
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        *,
+        dim: int = PAPER.dim,
+        channels: int = PAPER.channels,
+        dim_mult: tuple[int, ...] = PAPER.dim_mult,
+        self_attns: tuple[bool, ...] = PAPER.self_attns,
+        temporal_compression: tuple[bool, ...] = PAPER.temporal_compression,
+        resnet_block_depths: tuple[int, ...] = PAPER.resnet_block_depths,
+        attn_dim_head: int = PAPER.attn_dim_head,
+        attn_heads: int = PAPER.attn_heads,
+        condition_on_timestep: bool = PAPER.condition_on_timestep,
+        cross_attn_dim_head_down: int = PAPER.cross_attn_dim_head_down,
+        cross_attn_dim_head_up: int = PAPER.cross_attn_dim_head_up,
+        context_dim: int = PAPER.context_dim,
+        latent_size: tuple[int, int] = PAPER.latent_size,
+        frames: int = PAPER.frames,
+    ):
         super().__init__()
-        config = (config or ModelConfig()).replace(**overrides) if overrides else (config or ModelConfig())
-        self.config = config
+        config = self.model_config  # the registered values, checked and with tuples restored
         dim = config.dim
         dims = [dim, *(m * dim for m in config.dim_mult)]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -363,12 +387,17 @@ class SpaceTimeUnet(nn.Module):
         self.conv_out = PseudoConv3d(dim, config.channels, 3)
 
     def enable_gradient_checkpointing(self, enabled: bool = True):
-        self.gradient_checkpointing = enabled
+        """diffusers' switch (its `disable_gradient_checkpointing` and `is_gradient_checkpointing` work too), taking a
+        bool so a flag turns it on or off in one call."""
+        if enabled:
+            super().enable_gradient_checkpointing()
+        else:
+            self.disable_gradient_checkpointing()
         return self
 
     def _run(self, module, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
+            return self._gradient_checkpointing_func(module, *args)  # non-reentrant torch checkpoint
         return module(*args)
 
     def embed_timestep(self, timestep):  # [b] -> [b, 4 * dim]
@@ -380,7 +409,7 @@ class SpaceTimeUnet(nn.Module):
         return emb
 
     def check_input(self, x):
-        c = self.config
+        c = self.model_config
         if x.ndim != 5 or x.shape[1] != c.channels:
             raise ValueError(f"expected a video latent [batch, {c.channels}, frames, height, width], got {tuple(x.shape)}")
         f, h, w = x.shape[2:]

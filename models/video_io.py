@@ -48,7 +48,7 @@ class ImageReadError(ValueError):
 
 
 def not_a_file_reason(path) -> str | None:
-    """Why `path`, found in a folder, cannot be read as a video or photo; None when it is a regular file."""
+    """Why `path`, found in a folder or a list, cannot be read as a video or photo; None when it is a regular file."""
     path = Path(path)
     if path.is_file():
         return None
@@ -56,6 +56,8 @@ def not_a_file_reason(path) -> str | None:
         return "a folder, not a file"
     if path.is_symlink():
         return "a broken symbolic link or a link loop"
+    if not path.exists():
+        return "no such file"
     return "not a regular file (a socket, pipe or device)"
 
 
@@ -83,7 +85,10 @@ def resize_frame(frame: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 `[..., H, W, 3]` -> float `[..., 3, H, W]` in [0, 1] (same arithmetic as torchvision ToTensor)."""
-    return rearrange(torch.from_numpy(np.ascontiguousarray(frames)), "... h w c -> ... c h w").float().div(255)
+    frames = np.ascontiguousarray(frames)
+    if not frames.flags.writeable:  # e.g. np.asarray of a PIL image; torch.from_numpy warns on read-only memory
+        frames = frames.copy()
+    return rearrange(torch.from_numpy(frames), "... h w c -> ... c h w").float().div(255)
 
 
 def frames_to_uint8(frames) -> np.ndarray:
@@ -251,6 +256,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def photo_to_rgb(image: Image.Image) -> Image.Image:
+    """EXIF orientation applied, and gray, alpha (composited on white), CMYK, palette or 16-bit converted to RGB."""
+    return _to_rgb(ImageOps.exif_transpose(image))
+
+
 def _read_rgb(path: Path) -> Image.Image:
     if not path.exists():
         raise ImageReadError(path, "no such file")
@@ -259,7 +269,7 @@ def _read_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return photo_to_rgb(image)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
@@ -279,22 +289,83 @@ def _center_crop_box(width: int, height: int, aspect: float) -> tuple[float, flo
     return 0.0, top, float(width), top + crop_h
 
 
-def load_image(path, *, size: Sequence[int] | None, resize_mode: str = "resize") -> torch.Tensor:
-    """Any photo -> float `[3, H, W]` in [0, 1] at `size=(H, W)` (None keeps the photo's size).
-
-    Applies EXIF orientation and converts gray, alpha (composited on white), CMYK, palette and 16-bit
-    images to RGB. `resize_mode='resize'` stretches to `size` with PIL bilinear, like the original;
-    'crop' scales to cover `size` keeping the aspect ratio and centre-crops the rest.
-    """
+def _check_resize_mode(resize_mode: str) -> None:
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-    image = _read_rgb(Path(path))
+
+
+def fit_photo(image: Image.Image, size: Sequence[int] | None, resize_mode: str = "resize") -> torch.Tensor:
+    """An RGB PIL image -> float `[3, H, W]` in [0, 1] at `size=(H, W)` (None keeps the photo's size).
+
+    `resize_mode='resize'` stretches to `size` with PIL bilinear, like the original; 'crop' scales to cover
+    `size` keeping the aspect ratio and centre-crops the rest.
+    """
+    _check_resize_mode(resize_mode)
     if size is not None:
         height, width = _check_size(size)
         box = None if resize_mode == "resize" else _center_crop_box(*image.size, width / height)
         if image.size != (width, height) or box is not None:
             image = image.resize((width, height), Image.BILINEAR, box=box)
     return frames_to_tensor(np.array(image))
+
+
+def load_image(path, *, size: Sequence[int] | None, resize_mode: str = "resize") -> torch.Tensor:
+    """Any photo file -> float `[3, H, W]` in [0, 1] at `size=(H, W)`: `photo_to_rgb`, then `fit_photo`."""
+    _check_resize_mode(resize_mode)
+    return fit_photo(_read_rgb(Path(path)), size, resize_mode)
+
+
+def _check_unit_range(values, what: str) -> None:
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"{what} must hold values in [0, 1], got [{low:.3g}, {high:.3g}]; for [-1, 1] images pass (x + 1) / 2")
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    """`[H, W]` or `[H, W, C]` (C = 1, 3 or 4), uint8 or float in [0, 1] -> a PIL image (L, RGB or RGBA)."""
+    if array.dtype != np.uint8:
+        _check_unit_range(array, "float image arrays")
+        array = np.rint(array.astype(np.float64) * 255).astype(np.uint8)
+    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def _photo_batch(photos, size: tuple[int, int], resize_mode: str) -> torch.Tensor:
+    """One photo file, PIL image, array or tensor (possibly batched) -> float [N, 3, H, W] in [0, 1] at `size`."""
+    if isinstance(photos, str | Path):
+        return load_image(photos, size=size, resize_mode=resize_mode)[None]
+    if isinstance(photos, Image.Image):
+        return fit_photo(photo_to_rgb(photos), size, resize_mode)[None]
+    if isinstance(photos, np.ndarray):
+        if not (photos.ndim in (2, 4) or (photos.ndim == 3 and photos.shape[-1] in (1, 3, 4))):
+            raise ValueError(f"image arrays must be [H, W], [H, W, C] or [B, H, W, C] with C = 1, 3 or 4, got {photos.shape}")
+        arrays = photos if photos.ndim == 4 else photos[None]
+        return torch.stack([fit_photo(photo_to_rgb(_array_to_pil(array)), size, resize_mode) for array in arrays])
+    if isinstance(photos, torch.Tensor):
+        if not photos.is_floating_point() or photos.ndim not in (3, 4) or photos.shape[-3] != 3:
+            raise ValueError(
+                f"image tensors must be float [3, H, W] or [B, 3, H, W] in [0, 1], got {photos.dtype} {tuple(photos.shape)}"
+            )
+        _check_unit_range(photos, "image tensors")
+        batch = (photos if photos.ndim == 4 else photos[None]).float()
+        if tuple(batch.shape[-2:]) == size:
+            return batch  # already the model's size: used as given, not requantised
+        return torch.stack([fit_photo(Image.fromarray(frames_to_uint8(image)), size, resize_mode) for image in batch])
+    raise ValueError(f"cannot use a {type(photos).__name__} as an image: pass file paths, PIL images, numpy arrays or tensors")
+
+
+def photos_to_tensor(photos, *, size: Sequence[int], resize_mode: str = "resize") -> torch.Tensor:
+    """Photos -> float `[B, 3, H, W]` in [0, 1] at `size=(H, W)`, each prepared as `load_image` prepares a file.
+
+    `photos`: a file path, a PIL image, a numpy array (`[H, W]`, `[H, W, C]` or `[B, H, W, C]`, uint8 or float in
+    [0, 1]), a float tensor in [0, 1] (`[3, H, W]` or `[B, 3, H, W]`), or a list of them, each of any size. Tensors
+    already at `size` pass unchanged; other tensors go through uint8 (rounded) to be resized like photos.
+    """
+    _check_resize_mode(resize_mode)
+    size = _check_size(size)
+    items = list(photos) if isinstance(photos, (list, tuple)) else [photos]
+    if not items:
+        raise ValueError("got an empty list of images; pass at least one")
+    return torch.cat([_photo_batch(item, size, resize_mode) for item in items])
 
 
 def _pil_format(path: Path) -> str:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_models(seed=0):
     torch.manual_seed(seed)
     config = get_preset("tiny")
-    return SpaceTimeUnet(config), EmbeddingAdapter(config), config
+    return SpaceTimeUnet.from_model_config(config), EmbeddingAdapter.from_model_config(config), config
 
 
 def assert_same_weights(a, b):

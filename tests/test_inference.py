@@ -287,4 +287,4 @@ def test_unusable_folder_entries_are_reported_and_the_rest_animated(parts, tmp_p
     assert inference.main(args_for(parts, tmp_path / "out", "--dataset", str(dataset))) == 1
     said = capsys.readouterr()
     assert "folder.mp4: a folder, not a file" in said.out and "loop.mp4: a broken symbolic link or a link loop" in said.out
-    assert "2 input(s) failed" in said.err and (tmp_path / "out" / "clip0_sample0.mp4").is_file()
+    assert "failed    2 input(s)" in said.out and (tmp_path / "out" / "clip0_sample0.mp4").is_file()

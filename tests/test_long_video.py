@@ -43,7 +43,7 @@ class Spy:
 
 
 def long_video(pipe, **kw):
-    kw = dict(window=pipe.config.frames, sampler="ddpm", steps=2, progress=False) | kw
+    kw = dict(window=pipe.model_config.frames, sampler="ddpm", steps=2, progress=False) | kw
     return sample_long_video(pipe, photo(pipe), [sample_generator(0, 0, 0)], **kw)
 
 
@@ -72,12 +72,25 @@ def test_crossfade_keeps_the_conditioning_frame_and_rises_to_the_new_window():
 
 
 def test_pipeline_makes_more_frames_than_it_was_trained_on(pipe):
-    assert pipe.config.frames == 8
-    video = pipe(photo(pipe), num_frames=18, steps=1, generator=sample_generator(1, 0, 0), progress=False)
+    assert pipe.model_config.frames == 8
+
+    def make(**kw):
+        return pipe(photo(pipe), num_frames=18, steps=1, generator=sample_generator(1, 0, 0), progress=False, **kw).frames
+
+    video = make(output_type="pt")
     assert video.shape == (1, 18, 3, *pipe.image_size)
-    again = pipe(photo(pipe), num_frames=18, steps=1, generator=sample_generator(1, 0, 0), progress=False)
+    again = make(output_type="pt")
     assert torch.equal(video, again)
     assert 0 <= video.min() and video.max() <= 1 and video[:, 8:].std() > 0.01
+    pil = make()
+    assert len(pil) == 1 and len(pil[0]) == 18 and pil[0][0].size == pipe.image_size[::-1]
+
+
+def test_what_a_windowed_video_cannot_take_is_refused_by_name(pipe):
+    with pytest.raises(ValueError, match=r"output_type cannot be used with a video longer than the model's 8 frames"):
+        pipe(photo(pipe), num_frames=18, steps=1, progress=False, output_type="latent")
+    with pytest.raises(ValueError, match=r"latents cannot be used"):
+        pipe(photo(pipe), num_frames=8, loop=True, steps=1, progress=False, latents=torch.zeros(1, 4, 8, 6, 8))
 
 
 def test_each_window_is_conditioned_on_a_frame_of_the_one_before_encoded_again(pipe, monkeypatch):
@@ -135,7 +148,7 @@ class Bridge(nn.Module):
 
 
 def test_loop_join_is_smaller_than_without_loop(pipe, monkeypatch):
-    monkeypatch.setattr(pipe, "unet", Bridge())
+    monkeypatch.setattr(pipe.unet, "forward", Bridge().forward)  # the real unet module, a constructed denoiser
 
     def join_vs_motion(loop):
         video = long_video(pipe, num_frames=12, overlap=2, loop=loop, sampler="ddim", steps=4)[0]

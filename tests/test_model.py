@@ -90,7 +90,7 @@ def test_cross_attention_widths_derive_from_config():
 
 def test_tiny_preset_forward_and_input_checks():
     config = get_preset("tiny")
-    unet, adapter = SpaceTimeUnet(config), EmbeddingAdapter(config)
+    unet, adapter = SpaceTimeUnet.from_model_config(config), EmbeddingAdapter.from_model_config(config)
     h, w = config.latent_size
     x = torch.randn(2, 4, config.frames, h, w)
     context = adapter(torch.randn(2, config.context_tokens, config.context_dim), torch.randn(2, 4, h, w))
@@ -105,7 +105,7 @@ def test_tiny_preset_forward_and_input_checks():
 def test_gradient_checkpointing_gives_same_gradients():
     config = get_preset("tiny")
     torch.manual_seed(0)
-    unet = SpaceTimeUnet(config).train()
+    unet = SpaceTimeUnet.from_model_config(config).train()
     h, w = config.latent_size
     x, context, t = torch.randn(1, 4, 4, h, w), torch.randn(1, 17, 32), torch.tensor([10.0])
     grads = []

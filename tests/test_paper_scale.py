@@ -81,7 +81,9 @@ def test_pipeline_in_bf16_weights_stays_close_to_fp32(parts):
     for dtype in (torch.float32, torch.bfloat16):
         pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], device="cpu", dtype=dtype)
         assert pipe.dtype == dtype and pipe.encoders.dtype == dtype
-        videos[dtype] = pipe(images, num_frames=4, steps=2, generator=[sample_generator(0, 0, 0)], progress=False)
+        videos[dtype] = pipe(
+            images, num_frames=4, steps=2, generator=[sample_generator(0, 0, 0)], progress=False, output_type="pt"
+        ).frames
     from models.metrics import psnr
 
     assert videos[torch.bfloat16].dtype == torch.float32
@@ -93,7 +95,9 @@ def test_offloaded_encoders_and_padded_decode_chunks_change_nothing(parts):
     images = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(2))
 
     def video(**kw):
-        return pipe(images, num_frames=8, steps=2, generator=[sample_generator(0, 0, 0)], progress=False, **kw)
+        return pipe(
+            images, num_frames=8, steps=2, generator=[sample_generator(0, 0, 0)], progress=False, output_type="pt", **kw
+        ).frames
 
     reference = video(decode_chunk_size=8)
     pipe.enable_encoder_offload()
@@ -190,7 +194,7 @@ def test_paper_bench_smoke_runs_every_cpu_section(tmp_path):
     assert "## One video" in (tmp_path / "smoke.md").read_text()
 
 
-@pytest.mark.parametrize("module", ["video_io", "data", "projection", "evaluate", "inference_io", "files", "outputs"])
+@pytest.mark.parametrize("module", ["video_io", "data", "manifest", "projection", "evaluate", "inference_io", "files", "outputs"])
 def test_light_modules_do_not_import_the_networks(module):
     """Writing a PNG or reading a manifest must not depend on the model code (nor load diffusers)."""
     heavy = ("models.unet", "models.checkpoint", "diffusers")

@@ -23,13 +23,14 @@ def gens(seed, n, sample=0):
 
 
 def run(pipe, images, **kw):
+    """The tensor-in, tensor-out call of inference.py and training: float [B, F, 3, H, W] on the CPU."""
     kw = dict(num_frames=4, steps=2, progress=False) | kw
-    return pipe(images, **kw)
+    return pipe(images, output_type="pt", **kw).frames
 
 
 def test_image_size_comes_from_latent_size_and_vae(pipe):
     assert pipe.image_size == (64, 48)  # tiny: 16x12 latents, 4x VAE
-    assert pipe.config.frames == 8
+    assert pipe.model_config.frames == 8
 
 
 def test_output_shape_range_and_default_frames(pipe):
@@ -67,7 +68,7 @@ def test_released_and_our_format_give_the_same_video(parts, pipe):
     released = FashionFlowPipeline.from_checkpoint(
         parts["released"], preset="tiny", vae=str(parts["vae"]), clip=str(parts["clip"]), device="cpu"
     )
-    assert released.config == get_preset("tiny")
+    assert released.model_config == get_preset("tiny", vae=parts["vae"], clip=parts["clip"])
     images = photos(pipe, 1)
     assert torch.equal(run(pipe, images, generator=gens(2, 1)), run(released, images, generator=gens(2, 1)))
 
@@ -82,12 +83,13 @@ def test_released_format_without_preset_means_paper(parts):
 def test_preset_is_ignored_for_checkpoints_with_a_config(parts):
     with pytest.warns(UserWarning, match="ignoring preset 'paper'"):
         pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], preset="paper", device="cpu")
-    assert pipe.config.frames == 8
+    assert pipe.model_config.frames == 8
 
 
 def test_preprocessing_override(parts):
     pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], preprocessing="legacy", device="cpu")
     assert pipe.encoders.preprocessing == "legacy" and pipe.config.preprocessing == "legacy"
+    assert pipe.model_config.preprocessing == "legacy"
 
 
 @pytest.mark.parametrize("mode,draws", [("legacy", 2), ("standard", 1)])
@@ -146,9 +148,11 @@ def test_argument_errors(pipe):
     images = photos(pipe)
     with pytest.raises(ValueError, match="multiple of 2"):
         run(pipe, images, num_frames=5, generator=gens(0, 2))
-    with pytest.raises(ValueError, match=r"\[B, 3, 64, 48\]"):
-        run(pipe, torch.rand(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="one generator per image"):
+    with pytest.raises(ValueError, match=r"float \[3, H, W\] or \[B, 3, H, W\]"):
+        run(pipe, torch.rand(1, 4, 32, 32))
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[-1"):
+        run(pipe, images * 2 - 1, generator=gens(0, 2))
+    with pytest.raises(ValueError, match="one generator per video"):
         run(pipe, images, generator=gens(0, 3))
     with pytest.raises(ValueError, match="depend on the batch"):
         run(pipe, images, generator=torch.Generator())
@@ -166,15 +170,16 @@ def test_training_can_share_the_pipeline(parts, pipe):
     """The pipeline works on modules built in memory (what training's sample videos use), weights unchanged."""
     from models.encoders import FrozenEncoders
 
-    unet, adapter = build_models(pipe.config)
+    unet, adapter = build_models(pipe.model_config)
     unet.load_state_dict(pipe.unet.state_dict())
     adapter.load_state_dict(pipe.adapter.state_dict())
-    encoders = FrozenEncoders.from_config(pipe.config)
-    fresh = FashionFlowPipeline(unet.eval(), adapter.eval(), encoders, pipe.config)
+    encoders = FrozenEncoders.from_config(pipe.model_config)  # the encoders' folders, as the pipeline records them
+    fresh = FashionFlowPipeline.from_parts(unet.eval(), adapter.eval(), encoders)
     images = photos(pipe, 1)
     assert torch.equal(run(fresh, images, generator=gens(0, 1)), run(pipe, images, generator=gens(0, 1)))
 
 
-def test_mismatched_encoders_are_refused(parts, pipe):
+def test_mismatched_encoders_are_refused(pipe):
+    wider = build_models(get_preset("tiny", context_dim=64))  # CLIP's tokens are 32 wide
     with pytest.raises(ValueError, match="--vae, --clip"):
-        FashionFlowPipeline(pipe.unet, pipe.adapter, pipe.encoders, get_preset("paper"))
+        FashionFlowPipeline.from_parts(*wider, pipe.encoders)

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import LatentVideoDataset, merge_manifests, read_manifest
+from models.data import LatentVideoDataset
 from models.encoders import FrozenEncoders
+from models.manifest import merge_manifests, read_manifest
 from models.projection import choose_starts, project_dataset
 from models.tiny_components import build_tiny_vae, save_tiny_encoders
 from models.video_io import count_frames, read_video_frames, write_mp4
@@ -520,13 +521,13 @@ def test_the_summary_of_several_ranks_adds_up_and_reads_as_printed():
 
 
 def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, monkeypatch):
-    from models.projection import _same_setting
+    from models.manifest import same_setting
 
     monkeypatch.chdir(tmp_path)
-    assert _same_setting("org/vae", "org/vae") and not _same_setting("org/vae", "./org/vae")  # hub ids: the text
+    assert same_setting("org/vae", "org/vae") and not same_setting("org/vae", "./org/vae")  # hub ids: the text
     (tmp_path / "org" / "vae").mkdir(parents=True)
-    assert _same_setting("org/vae", str(tmp_path / "org" / "vae"))  # a folder: wherever it is spelled from
-    assert not _same_setting([64, 48], [64, 40]) and _same_setting([64, 48], [64, 48])
+    assert same_setting("org/vae", str(tmp_path / "org" / "vae"))  # a folder: wherever it is spelled from
+    assert not same_setting([64, 48], [64, 40]) and same_setting([64, 48], [64, 48])
 
 
 def test_the_video_list_skips_hidden_files_and_keeps_folders_to_name_them(tmp_path):

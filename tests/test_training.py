@@ -40,7 +40,9 @@ def encoder_dirs(tmp_path_factory):
     return save_tiny_encoders(tmp_path_factory.mktemp("encoders"))
 
 
-def write_projected_dataset(root: Path, *, videos: int, seed: int = 0, learnable: bool = False, nan: bool = False):
+def write_projected_dataset(
+    root: Path, *, videos: int, seed: int = 0, learnable: bool = False, nan: bool = False, prefix: str = "video"
+):
     """The projected layout (`<name>_image.pt`, `<name>.pt`, manifest.jsonl) with random tensors.
 
     `learnable`: every frame repeats frame 0, so the clean frame the model is given determines the clip.
@@ -49,7 +51,7 @@ def write_projected_dataset(root: Path, *, videos: int, seed: int = 0, learnable
     root.mkdir(parents=True, exist_ok=True)
     names = []
     for i in range(videos):
-        name = f"video{i:02d}"
+        name = f"{prefix}{i:02d}"
         latents = torch.randn(FRAMES, CHANNELS, *LATENT_HW, generator=g)
         if learnable:
             latents = latents[:1].expand(FRAMES, -1, -1, -1).clone()
@@ -99,8 +101,8 @@ def script_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def read_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) pairs of one scalar from the TFRecord event files tensorboardX wrote."""
+def read_summaries(log_dir: Path, tag: str) -> list:
+    """(step, summary value) pairs of one tag from the TFRecord event files tensorboardX wrote."""
     from tensorboardX.proto.event_pb2 import Event
 
     values = []
@@ -111,10 +113,12 @@ def read_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
             (length,) = struct.unpack("<Q", data[offset : offset + 8])
             event = Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values.append((event.step, value.simple_value))
+            values += [(event.step, value) for value in event.summary.value if value.tag == tag]
     return values
+
+
+def read_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    return [(step, value.simple_value) for step, value in read_summaries(log_dir, tag)]
 
 
 def final_weights(path: Path) -> dict:
@@ -805,3 +809,167 @@ def test_latest_pth_points_at_the_newest_checkpoint(tmp_path):
     assert len(list(tmp_path.glob("step_*.pth"))) == 2
     prune_checkpoints(tmp_path, keep_last=1)
     assert [p.name for p in tmp_path.glob("step_*.pth")] == ["step_0000004.pth"]
+
+
+# ------------------------------------------------------------------------------ what a run tells (issue 16, part 3)
+
+
+def console_lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def block_rows(text: str, title: str) -> dict[str, str]:
+    """The rows `  name   text` of the block that starts with the line `title`, by name."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        name, _, value = line.strip().partition("  ")
+        rows[name] = value.strip()
+    return rows
+
+
+def sample_input(log_dir: Path, step: int) -> torch.Tensor:
+    """The photo a sample video started from, as TensorBoard holds it: [3, H, W] in [0, 1]."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    [image] = [value.image for s, value in read_summaries(log_dir, "sample/input") if s == step]
+    pixels = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+
+
+def test_a_run_says_what_it_will_do_each_checkpoint_and_validation_and_sums_up(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=4)
+    held_out = write_projected_dataset(tmp_path / "held_out", videos=3, seed=1, prefix="test")
+    cfg = tiny_config(
+        tmp_path, data, encoder_dirs, val_dataset_vae=str(held_out), max_steps=3, log_every=2, val_every=2,
+        checkpoint_every=2, keep_last=0, sample_every=3, sample_steps=1,
+    )  # fmt: skip
+    first = train(cfg)
+    out = capsys.readouterr().out
+    ckpt_dir, log_dir = Path(cfg.output_dir), Path(cfg.log_dir)
+
+    start = block_rows(out, "training")
+    assert start["data"] == f"4 clips of {FRAMES} frames in {data}"
+    assert start["validation"] == f"3 held-out clips in {held_out}, every 2 steps and at the end"
+    assert start["processes"] == "1 on cpu (no process group)"
+    assert start["batch"] == "2 per process x 1 accumulated x 1 process = 2 clips per step"
+    assert start["steps"] == "2 per epoch; training to step 3"
+    assert start["precision"] == "fp32"
+    assert start["checkpoints"] == f"{ckpt_dir}/step_<n>.pth every 2 steps and at the end, every one kept"
+    assert start["logs"] == f"tensorboard --logdir {log_dir} (loss every 2 steps)"
+    assert start["samples"].endswith("every 3 steps and at the end, from held-out clip test00")
+    assert start["start"] == f"a fresh run (no checkpoint in {ckpt_dir})"
+
+    # --no-progress: the loss reaches the console every --log_every steps and at the last
+    assert [line.split(":")[0] for line in console_lines(out, "step ") if ": loss " in line] == ["step 2/3", "step 3/3"]
+    assert console_lines(out, "step 2: saved") == [f"step 2: saved {ckpt_dir / 'step_0000002.pth'}"]
+    assert console_lines(out, "step 3: saved") == [f"step 3: saved {ckpt_dir / 'step_0000003.pth'}"]
+
+    # the validation loss: on the console, in TensorBoard, in the summary; the same numbers everywhere
+    val = read_scalars(log_dir, "val/loss")
+    assert [step for step, _ in val] == [2, 3] and all(math.isfinite(v) and v > 0 for _, v in val)
+    (best_step, best) = min(val, key=lambda sv: sv[1])
+    assert console_lines(out, "step 3: validation loss") == [
+        f"step 3: validation loss {val[1][1]:.4f} (best {best:.4f}, at step {best_step})"
+    ]
+    assert (first["val_step"], first["best_val_step"]) == (3, best_step)
+    assert first["val_loss"] == pytest.approx(val[1][1]) and first["best_val_loss"] == pytest.approx(best)
+
+    summary = block_rows(out, "training done:")
+    title = console_lines(out, "training done:")[0]
+    assert title.startswith("training done: step 3, 3 steps in ") and title.endswith(" (epoch 1)")  # counted from 0: the second
+    assert first["steps_this_run"] == 3 and first["seconds"] > 0
+    assert summary["validation"] == f"{val[1][1]:.4f} at step 3, best {best:.4f} at step {best_step}"
+    assert summary["train loss"] == f"{first['loss']:.4f} (the last step's)"
+    assert summary["checkpoints"] == f"{ckpt_dir}/, the last {ckpt_dir / 'step_0000003.pth'}"
+
+    # the run's settings in TensorBoard's text tab, as JSON
+    [(_, text)] = read_summaries(log_dir, "config/text_summary")
+    config = json.loads(text.tensor.string_val[0].decode())
+    assert config["train"]["val_dataset_vae"] == str(held_out) and config["model"]["frames"] == FRAMES
+    assert config["world_size"] == 1
+
+    # the sample video starts from the first held-out photo, not from a training one
+    held_out_photo = torch.load(held_out / "test00_image.pt")
+    assert torch.allclose(sample_input(log_dir, 3), held_out_photo, atol=1 / 255 + 1e-6)
+    assert console_lines(out, "step 3: sample video") == [
+        f"step 3: sample video {Path(cfg.sample_dir) / 'step_0000003.mp4'} from held-out clip test00"
+    ]
+
+    # resumed: the start says from where; the best validation loss of the first run is remembered
+    resumed = train(dataclasses.replace(cfg, max_steps=4))
+    out = capsys.readouterr().out
+    assert block_rows(out, "training")["start"] == f"resuming from {ckpt_dir / 'step_0000003.pth'} at step 3 (epoch 1, batch 1)"
+    assert resumed["steps_this_run"] == 1 and resumed["val_step"] == 4
+    assert resumed["best_val_loss"] == pytest.approx(min(best, resumed["val_loss"]))
+    assert read_scalars(log_dir, "val/loss")[2][0] == 4
+
+
+def test_the_validation_loss_draws_the_same_timesteps_and_noise_for_each_clip_every_time(tmp_path, encoder_dirs):
+    from models.data import LatentVideoDataset
+    from models.diffusion import NoiseSchedule
+    from models.encoders import FrozenEncoders
+    from models.training import TrainingObjective
+    from models.validation import validation_loss
+
+    vae, clip = encoder_dirs
+    config = get_preset("tiny", vae=str(vae), clip=str(clip))
+    encoders = FrozenEncoders.from_config(config)
+    torch.manual_seed(0)
+    objective = TrainingObjective(*build_models(config), NoiseSchedule()).eval()
+    clips = LatentVideoDataset(write_projected_dataset(tmp_path / "held_out", videos=3, seed=1), frames=FRAMES)
+
+    def loss(**changes):
+        options = dict(seed=0, batch_size=2, device="cpu", autocast=torch.autocast("cpu", enabled=False)) | changes
+        return validation_loss(objective, clips, encoders, **options)
+
+    rng = torch.get_rng_state()
+    first = loss()
+    assert torch.equal(torch.get_rng_state(), rng), "validation consumed the global random stream"
+    torch.manual_seed(123)  # what the training loop did in between does not matter
+    assert loss() == first
+    # each clip's draws are its own: the batch size changes nothing, every clip counts once
+    assert loss(batch_size=1) == pytest.approx(first, rel=1e-6)
+    assert loss(seed=1) != pytest.approx(first, rel=1e-3)  # ...and they do come from the seed
+
+
+def test_progress_bars_refresh_at_most_every_few_seconds_when_not_on_a_terminal():
+    import io
+
+    from models.progress import NON_TTY_REFRESH_SECONDS, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def redraws(stream, steps=200, **kwargs) -> int:
+        bar = progress_bar(total=steps, file=stream, desc="train", **kwargs)
+        for step in range(steps):  # as the training loop and the quickstart's VAE fit: a step, then its loss
+            time.sleep(0.001)
+            bar.update()
+            bar.set_postfix(loss=f"{1 / (step + 1):.4f}")
+        bar.close()
+        return stream.getvalue().count("train:")
+
+    assert NON_TTY_REFRESH_SECONDS >= 2
+    log = io.StringIO()
+    assert redraws(log) <= 3, log.getvalue()  # a log file: the start and the end, whatever the postfix does
+    assert "200/200" in log.getvalue() and "loss=0.0050" in log.getvalue()  # ...and the end is the true end
+    assert redraws(Terminal()) > 20  # a terminal: redrawn as it goes
+    assert redraws(io.StringIO(), steps=3, mininterval=0) >= 4  # an explicit interval still wins
+
+
+def test_with_a_progress_bar_the_loss_lines_give_way_to_the_bar(tmp_path, encoder_dirs, capsys):
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=2, log_every=1, progress=True, ema_decay=0.0)
+    train(cfg)
+    captured = capsys.readouterr()
+    assert not [line for line in captured.out.splitlines() if ": loss " in line]
+    final = captured.err.rsplit("train:", 1)[1]  # stderr is captured here: not a terminal
+    assert "2/2" in final and "loss=" in final, captured.err

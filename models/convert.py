@@ -1,0 +1,264 @@
+"""A FashionFlow checkpoint -> a diffusers pipeline folder with a model card, ready for the Hugging Face Hub.
+
+    python -m models.convert --checkpoint checkpoint/FashionFlow_checkpoint.pth --output_dir FashionFlow-diffusers
+    python -m models.convert --checkpoint checkpoint/latest.pth --output_dir my-fashionflow --push_to_hub you/my-fashionflow
+
+The folder holds `model_index.json`, one subfolder per component (`unet`, `adapter`, `vae`, `image_encoder`,
+`feature_extractor`, `scheduler`; safetensors weights) and a `README.md` model card. `FashionFlowPipeline.
+from_pretrained(folder)` loads it and makes the videos the checkpoint makes (the same seed gives the same video).
+The released checkpoint and ours (EMA weights by default) both convert; `--vae`, `--clip`, `--preset` and
+`--preprocessing` mean what they mean for inference.py. `--push_to_hub` uploads the folder (after `hf auth login`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import RELEASED_CHECKPOINT_URL, read_checkpoint
+from .cli import run_command
+from .config import DEFAULT_FPS, PREPROCESSING_MODES, PRESETS
+from .encoders import is_hub_id
+from .files import atomic_write_dir
+from .outputs import OutputLocationError, ensure_writable_dir
+from .pipeline import DEFAULT_STEPS, FashionFlowPipeline
+
+ORIGINAL_CODE = "https://github.com/1702609/FashionFlow"
+TAGS = ["image-to-video", "video-generation", "fashion", "latent-diffusion", "fashionflow"]
+CITATION = """\
+@article{islam2024dynamic,
+  title   = {Dynamic Fashion Video Synthesis from Static Imagery},
+  author  = {Islam, Tasin and Miron, Alina and Liu, Xiaohui and Li, Yongmin},
+  journal = {Future Internet},
+  volume  = {16},
+  number  = {8},
+  pages   = {287},
+  year    = {2024},
+  doi     = {10.3390/fi16080287}
+}"""
+
+
+@dataclass
+class WeightsSource:
+    """Where a folder's UNet and adapter weights come from, as its model card tells it."""
+
+    checkpoint: str  # the file's name
+    released: bool  # the authors' released checkpoint format
+    ema: bool = False  # our checkpoints: EMA weights (else the live ones)
+    step: int | None = None
+    train_data: str | None = None  # our checkpoints: the projected latents they were trained on (--dataset_vae)
+
+
+def weights_source(ckpt: dict, path, *, use_ema: bool) -> WeightsSource:
+    """What a read checkpoint says about its weights: its format, and for ours the step, EMA and training data."""
+    if ckpt["format"] == "released":
+        return WeightsSource(Path(path).name, released=True)
+    train_config = ckpt.get("train_config") or {}
+    return WeightsSource(
+        Path(path).name,
+        released=False,
+        ema=use_ema and isinstance(ckpt.get("ema"), dict),
+        step=ckpt.get("step"),
+        train_data=train_config.get("dataset_vae"),
+    )
+
+
+def card_metadata(source: WeightsSource, base_models: list[str]):
+    """The model card's YAML metadata (huggingface_hub's ModelCardData)."""
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(
+        license="other",
+        license_name="no-license-stated",  # see the card's License section
+        license_link=ORIGINAL_CODE if source.released else None,
+        library_name="diffusers",
+        pipeline_tag="image-to-video",
+        tags=TAGS,
+        base_model=base_models or None,
+    )
+
+
+def _weights_text(source: WeightsSource) -> str:
+    if source.released:
+        return (
+            f"The UNet and adapter are the authors' released checkpoint `{source.checkpoint}` ({RELEASED_CHECKPOINT_URL}), "
+            "loaded strictly and converted without change."
+        )
+    weights = "EMA" if source.ema else "live (not EMA)"
+    step = f" after {source.step} steps" if source.step is not None else ""
+    return f"The UNet and adapter are the {weights} weights of `{source.checkpoint}`, written by this project's `train.py`{step}."
+
+
+def _training_data_text(source: WeightsSource) -> str:
+    if source.released:
+        return (
+            "The authors trained the released weights on the UBC Fashion dataset (500 training videos of one person "
+            "each turning in front of a plain background), 70-frame clips resized to 640x512, as their paper and code "
+            "describe; the checkpoint itself does not record its training run."
+        )
+    where = f"the latents projected into `{source.train_data}`" if source.train_data else "a dataset the checkpoint does not name"
+    return f"Trained on {where}. The checkpoint does not say what those videos are: describe them here before publishing."
+
+
+def model_card(pipe, source: WeightsSource, *, repo_id: str) -> str:
+    """README.md of a pipeline folder: YAML metadata, then what the model is, how to load it, where the weights
+    come from, the paper, training data, intended use and limits, and the license as far as it is known."""
+    config = pipe.model_config
+    height, width = pipe.image_size
+    millions = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    base_models = [name for name in (config.vae, config.clip) if is_hub_id(name)]
+    license_text = (
+        f"The authors' repository ({ORIGINAL_CODE}) and their released checkpoint state no license, so the terms on "
+        "which these weights may be used or shared are not known: ask the authors before redistributing them."
+        if source.released
+        else "These weights are whoever trained them to license: choose a license and set the `license` field above."
+    )
+    body = f"""
+# FashionFlow
+
+FashionFlow turns one still fashion photo into a short video of the model moving: a latent video diffusion model
+whose pseudo-3D space-time UNet ({millions:.1f}M parameters) denoises the video latents while frame 0 is held to the
+photo's VAE latent, conditioned on the photo's CLIP tokens mixed with its VAE latent by an embedding adapter. These
+weights make {config.frames}-frame videos at {height}x{width} pixels ({config.frames / DEFAULT_FPS:.1f} s at
+{DEFAULT_FPS} fps); photos of any size are resized. The VAE (`{config.vae}`) and CLIP vision model (`{config.clip}`)
+are frozen; the scheduler is `{type(pipe.scheduler).__name__}` over the noise schedule the model was trained with
+({DEFAULT_STEPS} steps by default).
+
+## Use
+
+The UNet and adapter classes live in the `models` package of the FashionFlow reimplementation this folder was made
+with: run from a clone of it.
+
+```python
+from models import FashionFlowPipeline
+pipe = FashionFlowPipeline.from_pretrained("{repo_id}").to("cuda")
+frames = pipe("photo.jpg").frames[0]  # {config.frames} PIL images; a PIL image, array or tensor works too
+```
+
+`diffusers.utils.export_to_video(frames, "video.mp4", fps={DEFAULT_FPS})` writes it. The call also takes
+`num_inference_steps`, `generator`, `num_videos_per_image`, `output_type` ("pil", "np", "pt", "latent") and
+`callback_on_step_end`, and the scheduler can be swapped as in diffusers
+(`pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`).
+
+## Weights
+
+{_weights_text(source)} Preprocessing is `{config.preprocessing}` (recorded in `model_index.json`): `legacy` feeds
+the VAE [0, 1] pixels and CLIP twice-rescaled pixels, as the original code did and the released weights need;
+`standard` feeds both what they were trained on.
+
+## Paper
+
+Tasin Islam, Alina Miron, Xiaohui Liu, Yongmin Li. "Dynamic Fashion Video Synthesis from Static Imagery", Future
+Internet 16(8) 287, 2024 (preprint: "FashionFlow: Leveraging Diffusion Models for Dynamic Fashion Video Synthesis from
+Static Imagery", arXiv 2310.00106). Original code: {ORIGINAL_CODE}.
+
+```bibtex
+{CITATION}
+```
+
+## Training data
+
+{_training_data_text(source)}
+
+## Intended use and limits
+
+Research on image-to-video synthesis for fashion, such as showing how a garment moves and fits from a single product
+photo. The training videos show a narrow range of people, garments, poses and settings (catwalk turns in front of a
+plain background); photos far from them (other poses, several people, busy backgrounds, non-fashion images) give
+distorted videos, and behaviour across people and garments has not been measured. The resolution and clip length are
+fixed by the weights. There is no content filter. Do not animate photos of real people without their consent, and
+do not present generated videos as footage of real garments or people.
+
+## License
+
+{license_text} The frozen encoders keep their own licenses (see `{config.vae}` and `{config.clip}`). The code that
+loads this folder is MIT-licensed; its UNet derives from make-a-video-pytorch (MIT).
+"""
+    return f"---\n{card_metadata(source, base_models).to_yaml()}\n---\n{body}"
+
+
+def check_output_dir(path: Path) -> Path:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputLocationError(f"--output_dir {path} already holds files; pass a new or empty folder")
+    return ensure_writable_dir(path, "--output_dir")
+
+
+def convert(
+    checkpoint,
+    output_dir,
+    *,
+    vae: str | None = None,
+    clip: str | None = None,
+    preset: str | None = None,
+    preprocessing: str | None = None,
+    use_ema: bool = True,
+    repo_id: str | None = None,
+) -> Path:
+    """Write the pipeline folder of `checkpoint` (weights, configs, model card) to `output_dir`, which must be new or
+    empty; it appears complete or not at all. `repo_id` is the name the model card's loading code uses."""
+    source = weights_source(read_checkpoint(checkpoint), checkpoint, use_ema=use_ema)
+    output_dir = check_output_dir(Path(output_dir))
+    pipe = FashionFlowPipeline.from_checkpoint(
+        checkpoint, vae=vae, clip=clip, preset=preset, preprocessing=preprocessing, device="cpu", use_ema=use_ema
+    )
+    card = model_card(pipe, source, repo_id=repo_id or str(output_dir))
+
+    def write(folder: Path) -> None:
+        pipe.save_pretrained(folder)
+        (folder / "README.md").write_text(card)
+
+    return atomic_write_dir(output_dir, write)
+
+
+def push_to_hub(folder: Path, repo_id: str, *, private: bool) -> str:
+    """Upload a converted folder (model card included) to the hub repo `repo_id`, created if missing."""
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(repo_id, exist_ok=True, private=private)
+    return upload_folder(repo_id=repo_id, folder_path=folder, commit_message="FashionFlow pipeline (models.convert)").commit_url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m models.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="the released FashionFlow_checkpoint.pth or one of ours (.pth / .safetensors)"
+    )
+    p.add_argument("--output_dir", required=True, help="the pipeline folder to write (new or empty)")
+    p.add_argument("--vae", default=None, help="VAE: hub id or local folder (default: what the checkpoint records)")
+    p.add_argument("--clip", default=None, help="CLIP vision model: hub id or local folder (default: the checkpoint's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model config for released-format checkpoints")
+    p.add_argument("--preprocessing", choices=PREPROCESSING_MODES, default=None, help="pixel mapping (default: the checkpoint's)")
+    p.add_argument("--no_ema", action="store_true", help="convert the live weights even if the checkpoint holds EMA ones")
+    p.add_argument(
+        "--push_to_hub", metavar="REPO_ID", default=None, help="also upload the folder to this hub repo (e.g. you/fashionflow)"
+    )
+    p.add_argument("--private", action="store_true", help="with --push_to_hub: create the repo private")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run():
+        folder = convert(
+            args.checkpoint,
+            args.output_dir,
+            vae=args.vae,
+            clip=args.clip,
+            preset=args.preset,
+            preprocessing=args.preprocessing,
+            use_ema=not args.no_ema,
+            repo_id=args.push_to_hub,
+        )
+        print(f"wrote {folder}: load it with FashionFlowPipeline.from_pretrained({str(folder)!r})")
+        if args.push_to_hub:
+            print(f"uploaded: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+
+    return run_command("models.convert", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
