@@ -23,6 +23,7 @@ from .video_io import RESIZE_MODES
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples"
 MAX_VIDEOS = 4  # video players on the page; one request makes at most this many
+MAX_WINDOWS = 4  # longest video offered, in trained lengths (longer ones are sampled in windows: models/long_video.py)
 MAX_STEPS = 100  # the page's limit; inference.py takes up to the schedule's 1000
 PLAYER_HEIGHT = 420  # pixels: photo and videos side by side without scrolling
 QUEUE_SIZE = 20  # requests waiting beyond this are turned away with a message
@@ -44,7 +45,8 @@ def model_line(choice, pipeline, precision: str) -> str:
 
 def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
     """The demo page, serving `pipeline` and writing each request's files under `output_dir`."""
-    fewest, most, step = frames_range(pipeline.model_config)
+    trained = pipeline.model_config.frames
+    fewest, most, step = frames_range(pipeline.model_config, max_frames=MAX_WINDOWS * trained)
 
     # Gradio finds the progress bar by this default; it follows the tqdm bars of animate() and the pipeline
     def run(photo, frames, steps, sampler, seed, num_videos, fps, resize_mode, gif, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
@@ -71,7 +73,9 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
                     label="photo", type="filepath", image_mode=None, sources=["upload"], height=PLAYER_HEIGHT, elem_id="photo"
                 )
                 gr.Examples(example_photos(), inputs=photo, label="examples", cache_examples=False)
-                frames = gr.Slider(fewest, most, value=most, step=step, label="frames (frame 0 is the photo)")
+                frames = gr.Slider(
+                    fewest, most, value=trained, step=step, label=f"frames (frame 0 is the photo; over {trained}: in windows)"
+                )
                 with gr.Row():
                     steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="denoising steps")
                     sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
