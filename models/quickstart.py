@@ -1,6 +1,6 @@
 """The offline quickstart: FashionFlow end to end on a laptop CPU, no GPU and no hub access.
 
-    python -m models.quickstart                      # ~3 minutes on 2 CPU cores; rerun to reuse what is built
+    python -m models.quickstart                      # 3 to 11 minutes on 2 CPU cores; rerun to reuse what is built
     python -m models.quickstart --train_steps 1500   # train longer (resumes the run in quickstart/checkpoint)
 
 Stages, each through the code path a paper-scale run uses, each skipped on a rerun when its output exists:
