@@ -44,7 +44,8 @@ class RunLock:
     The lock is an `flock` on the file, which the kernel drops when the holder exits, even by kill -9: a lock
     file left by a crashed run is recognised as stale because nobody holds its flock. The file records the
     holder's host and pid for the refusal message and is emptied, never deleted, on release (deleting it would
-    let a run still waiting on the old file and a new run on a fresh one both hold "the" lock).
+    let a run still waiting on the old file and a new run on a fresh one both hold "the" lock). It is advisory
+    (it keeps out runs of this code only) and spans machines only where the filesystem supports `flock`.
     """
 
     NAME = "train.lock"
