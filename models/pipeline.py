@@ -11,7 +11,8 @@ checkpoint. It serves `inference.py`, the sample videos of training, the bench a
 Randomness is per video: each video has its own `torch.Generator` (on the CPU) that draws, in order,
 its VAE latent sample(s) of the photo (two in 'legacy', see `image_latents`), its initial noise and any
 sampler noise, so a video depends on its seed only, not on the batch it was made in (EDM2's per-sample
-generators).
+generators). On a GPU the DDPM sampler's noise is drawn a step ahead in a thread and copied without blocking
+(`diffusion.PrefetchedNoise`): the same numbers, without a host synchronisation per step.
 """
 
 from __future__ import annotations

@@ -305,3 +305,62 @@ def test_training_noise_stays_on_the_latents_device():
     t = schedule.sample_timesteps(2, generator=torch.Generator().manual_seed(0), device="meta")
     x0 = torch.zeros(2, 4, 3, 4, 4, device="meta")
     assert t.device.type == "meta" and schedule.add_noise(x0, x0, t).device.type == "meta"
+
+
+def _nonlinear_eps(x, t):
+    return torch.tanh(x) * (t.view(-1, 1, 1, 1, 1) / 1000)
+
+
+@pytest.mark.parametrize("steps", [1, 25, 1000])
+@pytest.mark.parametrize("videos", [1, 3])
+def test_prefetched_noise_gives_the_schedulers_own_numbers_bit_for_bit(steps, videos):
+    """The no-sync loop (noise drawn ahead in a thread, ddpm_step) == diffusers' DDPMScheduler.step drawing it."""
+    start = torch.randn(videos, 4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    first = torch.randn(videos, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    ends = {}
+    for prefetch in (False, True):
+        generators = [torch.Generator().manual_seed(10 + v) for v in range(videos)]
+        out = sample_latents(
+            _nonlinear_eps, start, make_scheduler("ddpm", steps), first_frame=first, generator=generators,
+            prefetch_noise=prefetch,
+        )
+        ends[prefetch] = out, [torch.randn(2, generator=g) for g in generators]  # where each generator was left
+    assert torch.equal(ends[True][0], ends[False][0])
+    assert all(torch.equal(a, b) for a, b in zip(ends[True][1], ends[False][1]))
+
+
+def test_an_interrupted_prefetching_loop_leaves_the_generators_where_its_own_draws_did():
+    start, first = torch.randn(2, 4, 3, 4, 4), torch.zeros(2, 4, 4, 4)
+    left = {}
+    for prefetch in (False, True):
+        generators = [torch.Generator().manual_seed(v) for v in range(2)]
+        calls = []
+        sample_latents(
+            lambda x, t: calls.append(t) or 0.1 * x, start, make_scheduler("ddpm", 25), first_frame=first,
+            generator=generators, interrupt=lambda: len(calls) == 3, prefetch_noise=prefetch,
+        )
+        left[prefetch] = [torch.randn(4, generator=g) for g in generators]
+    assert all(torch.equal(a, b) for a, b in zip(left[True], left[False]))
+
+
+def test_prefetching_passes_on_an_error_of_the_model_and_stops_its_thread():
+    import threading
+
+    def failing(x, t):
+        raise RuntimeError("model broke")
+
+    with pytest.raises(RuntimeError, match="model broke"):
+        sample_latents(
+            failing, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddpm", 25), first_frame=torch.zeros(1, 4, 4, 4),
+            generator=[torch.Generator().manual_seed(0)], prefetch_noise=True,
+        )
+    assert not any(t.name == "ancestral-noise" for t in threading.enumerate())
+
+
+def test_prefetching_is_refused_where_it_would_change_the_numbers():
+    args = dict(first_frame=torch.zeros(1, 4, 4, 4), prefetch_noise=True)
+    with pytest.raises(ValueError, match="DDPM sampler and one CPU generator"):
+        sample_latents(lambda x, t: x, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddim", 5),
+                       generator=[torch.Generator()], **args)
+    with pytest.raises(ValueError, match="DDPM sampler and one CPU generator"):
+        sample_latents(lambda x, t: x, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddpm", 5), **args)
