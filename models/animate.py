@@ -47,6 +47,7 @@ from .pipeline import (
     sample_generator,
 )
 from .profiling import memory_kind, peak_memory_mb, reset_peak_memory
+from .progress import progress_bar
 from .video_io import (
     ImageReadError,
     VideoReadError,
@@ -343,8 +344,6 @@ def _share_size(inputs, settings: AnimateSettings) -> int | None:
 def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings: AnimateSettings) -> Iterator[InputResult]:
     """Animate this rank's inputs (`settings.num_videos` videos each, skipping those an earlier run completed with
     the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
-    from tqdm.auto import tqdm
-
     frames = settings.frames or pipeline.model_config.frames
     pipeline.check_num_frames(frames)
     if settings.overlap is not None:
@@ -353,7 +352,7 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     chunk = min(settings.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK) if settings.low_memory else settings.decode_chunk_size
     record = run_record(pipeline, settings)
     pending: dict[int, InputResult] = {}  # inputs with videos not written yet
-    bar = tqdm(total=_share_size(inputs, settings), desc="videos", unit="video", disable=not settings.progress)
+    bar = progress_bar(total=_share_size(inputs, settings), desc="videos", unit="video", disable=not settings.progress)
 
     def write_batch(videos, batch, made, seconds):  # on the writer thread
         for video, (result, sample, _) in zip(videos, batch):

@@ -38,6 +38,7 @@ from .checkpoint import models_from_checkpoint, read_checkpoint
 from .config import PRECISIONS, ModelConfig, check_precision, check_preprocessing, get_preset
 from .diffusion import make_scheduler, sample_latents, set_steps
 from .encoders import FrozenEncoders, clip_image_processor
+from .progress import progress_bar
 from .unet import SpaceTimeUnet
 from .video_io import frames_to_uint8, photos_to_tensor
 
@@ -448,12 +449,12 @@ class FashionFlowPipeline(DiffusionPipeline):
             )
 
     def _progress_bar(self, total: int, progress: bool | None):
-        from tqdm.auto import tqdm
-
+        """The denoising bar: `set_progress_bar_config`'s options (diffusers') on models/progress.py's bar, which in a
+        log refreshes every few seconds instead of every step."""
         options = dict(desc="denoising", unit="step", leave=False) | getattr(self, "_progress_bar_config", {})
         if progress is not None:
             options["disable"] = not progress
-        return tqdm(total=total, **options)
+        return progress_bar(total=total, **options)
 
     def _long_video(self, images, generators, *, latents, output_type, callback_on_step_end, **options) -> torch.Tensor:
         """Frames [B, F, 3, H, W] of a video longer than the trained length or looping, window by window."""

@@ -1,6 +1,7 @@
 """Animating a catalogue: ranks split the inputs with the same videos, reruns resume, the manifest and summary,
 inputs listed lazily. Tiny components on the CPU; multi-process runs use torchrun with gloo."""
 
+import io
 import json
 import os
 import pathlib
@@ -213,6 +214,27 @@ def test_broken_photos_are_named_in_the_manifest_and_never_stop_the_rank(pipelin
     assert manifest["look1_sample0"]["input_index"] == 4 and manifest["look1_sample0"]["seconds"] > 0
     assert manifest["notes_sample0"]["outputs"] == [] and "not an image" in manifest["notes_sample0"]["error"]
     assert manifest["look0_sample0"]["settings"]["steps"] == 2 and manifest["look0_sample0"]["settings"]["checkpoint"] == "tiny"
+
+
+def test_in_a_log_every_progress_bar_refreshes_at_most_every_few_seconds(pipeline, tmp_path, monkeypatch):
+    """Batch inference's stderr is often a file (torchrun, a redirected job log), where tqdm's own bars write a line
+    per step: its bars are models/progress.py's (tests/test_training.py checks what that gives)."""
+    from tqdm import tqdm
+
+    from models.progress import NON_TTY_REFRESH_SECONDS
+
+    bars, init = [], tqdm.__init__
+
+    def recorded(bar, *args, **kwargs):
+        init(bar, *args, **kwargs)
+        bars.append(bar)
+
+    monkeypatch.setattr(tqdm, "__init__", recorded)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log, even under pytest -s
+    inputs = image_inputs([str(p) for p in photos(tmp_path / "photos", 2)])
+    assert all(r.ok for r in animate(pipeline, inputs, settings_for(tmp_path / "out", num_videos=1, progress=True)))
+    assert sorted(bar.desc for bar in bars) == ["denoising", "denoising", "videos"]
+    assert all(bar.mininterval == NON_TTY_REFRESH_SECONDS for bar in bars)
 
 
 def test_the_summary_of_several_ranks_adds_up():
