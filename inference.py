@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--frames",
         type=positive_int,
         default=None,
-        help="frames per video, frame 0 being the input (default: the checkpoint's, 70 for the paper); more than "
-        "that are sampled in windows of the checkpoint's length, each starting on a frame of the one before",
+        help="frames per video, frame 0 being the input (default: the checkpoint's, 70 for the paper); up to that, a "
+        "multiple of the UNet's temporal factor (2 for the paper); more than that, any number, sampled in windows of the "
+        "checkpoint's length, each starting on a frame of the one before (with --loop, any number too)",
     )
     p.add_argument("--loop", action="store_true", help="make the last frame lead back into the first (a looping clip)")
     p.add_argument(

@@ -345,7 +345,7 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     """Animate this rank's inputs (`settings.num_videos` videos each, skipping those an earlier run completed with
     the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
     frames = settings.frames or pipeline.model_config.frames
-    pipeline.check_num_frames(frames)
+    pipeline.check_num_frames(frames, loop=settings.loop)
     if settings.overlap is not None:
         check_overlap(settings.overlap, pipeline.model_config.frames)
     pipeline.enable_encoder_offload(settings.low_memory)

@@ -130,7 +130,7 @@ def sample_long_video(
     length = window
     overlap = check_overlap(default_overlap(length) if overlap is None else overlap, length)
     check_overlap_mode(overlap_mode)
-    pipeline.check_num_frames(num_frames)
+    pipeline.check_num_frames(num_frames, loop=loop)
     total = num_frames + overlap * int(loop)  # looping: frames past the end, to cross-fade into the head
     windows = plan_windows(total, length, overlap)
     bar = pipeline._progress_bar(len(windows) * steps, progress)

@@ -320,7 +320,17 @@ class FashionFlowPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------ stages
 
-    def check_num_frames(self, num_frames: int) -> None:
+    def is_windowed(self, num_frames: int, loop: bool = False) -> bool:
+        """Whether the video is sampled in windows of the trained length (models/long_video.py)."""
+        return loop or num_frames > self.model_config.frames
+
+    def check_num_frames(self, num_frames: int, *, loop: bool = False) -> None:
+        """One window must suit the UNet's temporal downsampling; a windowed video may have any length, as its
+        windows are all the trained length (which does) and the video is cut after the last."""
+        if self.is_windowed(num_frames, loop):
+            if num_frames < 1:
+                raise ValueError(f"frames must be at least 1, got {num_frames}")
+            return
         multiple = self.model_config.frame_multiple
         if num_frames < 2 or num_frames % multiple:
             raise ValueError(
@@ -435,8 +445,10 @@ class FashionFlowPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------------ the call
 
-    def check_inputs(self, *, num_frames: int, output_type: str, height, width, num_videos_per_image: int) -> None:
-        self.check_num_frames(num_frames)
+    def check_inputs(
+        self, *, num_frames: int, loop: bool = False, output_type: str, height, width, num_videos_per_image: int
+    ) -> None:
+        self.check_num_frames(num_frames, loop=loop)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_videos_per_image < 1:
@@ -513,14 +525,15 @@ class FashionFlowPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps={num_inference_steps} and steps={steps} name the same setting; pass one")
         steps = next((n for n in (num_inference_steps, steps) if n is not None), DEFAULT_STEPS)
         self.check_inputs(
-            num_frames=num_frames, output_type=output_type, height=height, width=width, num_videos_per_image=num_videos_per_image
-        )
+            num_frames=num_frames, loop=loop, output_type=output_type, height=height, width=width,
+            num_videos_per_image=num_videos_per_image,
+        )  # fmt: skip
         images = photos_to_tensor(image, size=self.image_size, resize_mode=resize_mode)
         images = images.repeat_interleave(num_videos_per_image, dim=0)  # [B * n, 3, H, W]
         device = self._execution_device
         precision = resolve_precision(precision, device)
         generators = _as_generators(generator, len(images))
-        if loop or num_frames > self.model_config.frames:
+        if self.is_windowed(num_frames, loop):
             frames = self._long_video(
                 images, generators, num_frames=num_frames, loop=loop, overlap=overlap, sampler=sampler, steps=steps,
                 precision=precision, decode_chunk_size=decode_chunk_size, progress=progress, callback=callback,

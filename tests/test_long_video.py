@@ -86,6 +86,17 @@ def test_pipeline_makes_more_frames_than_it_was_trained_on(pipe):
     assert len(pil) == 1 and len(pil[0]) == 18 and pil[0][0].size == pipe.image_size[::-1]
 
 
+def test_a_windowed_video_may_have_any_length(pipe):
+    """Its windows all have the trained length, a multiple of the UNet's temporal factor, and it is cut after."""
+    for frames, loop in ((11, False), (5, True)):
+        video = pipe(photo(pipe), num_frames=frames, loop=loop, overlap=2, steps=1, progress=False, output_type="pt").frames
+        assert video.shape[:2] == (1, frames)
+    with pytest.raises(ValueError, match=r"frames must be a multiple of 2 \(the UNet's temporal downsampling\) and at least 2"):
+        pipe(photo(pipe), num_frames=5, steps=1, progress=False)  # one window, not looping: the UNet takes it whole
+    with pytest.raises(ValueError, match="frames must be at least 1, got -2"):
+        pipe(photo(pipe), num_frames=-2, loop=True, steps=1, progress=False)
+
+
 def test_what_a_windowed_video_cannot_take_is_refused_by_name(pipe):
     with pytest.raises(ValueError, match=r"output_type cannot be used with a video longer than the model's 8 frames"):
         pipe(photo(pipe), num_frames=18, steps=1, progress=False, output_type="latent")
@@ -168,10 +179,10 @@ def test_inference_loop_and_overlap_flags(parts, tmp_path, samples_dir):
     photo_path = samples_dir / "images" / "blue.jpg"
     args = [
         "--pretrained_model", parts["ours"], "--vae", parts["vae"], "--clip", parts["clip"], "--image", str(photo_path),
-        "--output_dir", str(out), "--steps", "1", "--frames", "12", "--loop", "--overlap", "2", "--no_progress",
+        "--output_dir", str(out), "--steps", "1", "--frames", "11", "--loop", "--overlap", "2", "--no_progress",
     ]  # fmt: skip
     assert inference.main([str(a) for a in args]) == 0
     sidecar = json.loads(next(out.glob("*_sample0.json")).read_text())
-    assert (sidecar["frames"], sidecar["loop"], sidecar["overlap"]) == (12, True, 2)
+    assert (sidecar["frames"], sidecar["loop"], sidecar["overlap"]) == (11, True, 2)  # windowed: any length
     bad = [str(a) for a in args[:-3]] + ["--overlap", "8"]
     assert inference.main(bad) == 2
