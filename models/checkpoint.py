@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -182,6 +183,31 @@ def models_from_checkpoint(ckpt: dict, *, path, use_ema: bool = True, config: Mo
     unet, adapter = build_models(config)
     load_weights(unet, adapter, ckpt["ema"] if use_ema and isinstance(ckpt.get("ema"), dict) else ckpt, path=path)
     return unet.eval(), adapter.eval(), config
+
+
+@dataclass
+class WeightsSource:
+    """Where a pipeline's UNet and adapter weights come from, as its model card tells it (`convert.model_card`)."""
+
+    checkpoint: str  # the file's name
+    released: bool  # the authors' released checkpoint format
+    ema: bool = False  # our checkpoints: EMA weights (else the live ones)
+    step: int | None = None
+    train_data: str | None = None  # our checkpoints: the projected latents they were trained on (--dataset_vae)
+
+
+def weights_source(ckpt: dict, path, *, use_ema: bool) -> WeightsSource:
+    """What a read checkpoint says about its weights: its format, and for ours the step, EMA and training data."""
+    if ckpt["format"] == "released":
+        return WeightsSource(Path(path).name, released=True)
+    train_config = ckpt.get("train_config") or {}
+    return WeightsSource(
+        Path(path).name,
+        released=False,
+        ema=use_ema and isinstance(ckpt.get("ema"), dict),
+        step=ckpt.get("step"),
+        train_data=train_config.get("dataset_vae"),
+    )
 
 
 def load_checkpoint(path, map_location="cpu", *, use_ema: bool = True, config_overrides: dict | None = None):

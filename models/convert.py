@@ -13,10 +13,9 @@ The released checkpoint and ours (EMA weights by default) both convert; `--vae`,
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import RELEASED_CHECKPOINT_URL, read_checkpoint
+from .checkpoint import RELEASED_CHECKPOINT_URL, WeightsSource, read_checkpoint
 from .cli import run_command
 from .config import DEFAULT_FPS, PREPROCESSING_MODES, PRESETS
 from .encoders import is_hub_id
@@ -39,39 +38,14 @@ CITATION = """\
 }"""
 
 
-@dataclass
-class WeightsSource:
-    """Where a folder's UNet and adapter weights come from, as its model card tells it."""
-
-    checkpoint: str  # the file's name
-    released: bool  # the authors' released checkpoint format
-    ema: bool = False  # our checkpoints: EMA weights (else the live ones)
-    step: int | None = None
-    train_data: str | None = None  # our checkpoints: the projected latents they were trained on (--dataset_vae)
-
-
-def weights_source(ckpt: dict, path, *, use_ema: bool) -> WeightsSource:
-    """What a read checkpoint says about its weights: its format, and for ours the step, EMA and training data."""
-    if ckpt["format"] == "released":
-        return WeightsSource(Path(path).name, released=True)
-    train_config = ckpt.get("train_config") or {}
-    return WeightsSource(
-        Path(path).name,
-        released=False,
-        ema=use_ema and isinstance(ckpt.get("ema"), dict),
-        step=ckpt.get("step"),
-        train_data=train_config.get("dataset_vae"),
-    )
-
-
-def card_metadata(source: WeightsSource, base_models: list[str]):
+def card_metadata(source: WeightsSource | None, base_models: list[str]):
     """The model card's YAML metadata (huggingface_hub's ModelCardData)."""
     from huggingface_hub import ModelCardData
 
     return ModelCardData(
         license="other",
         license_name="no-license-stated",  # see the card's License section
-        license_link=ORIGINAL_CODE if source.released else None,
+        license_link=ORIGINAL_CODE if source and source.released else None,
         library_name="diffusers",
         pipeline_tag="image-to-video",
         tags=TAGS,
@@ -79,7 +53,12 @@ def card_metadata(source: WeightsSource, base_models: list[str]):
     )
 
 
-def _weights_text(source: WeightsSource) -> str:
+def _weights_text(source: WeightsSource | None) -> str:
+    if source is None:
+        return (
+            "The pipeline this folder was saved from does not record where its UNet and adapter weights come from "
+            "(one loaded with `FashionFlowPipeline.from_checkpoint` does): say so here before publishing."
+        )
     if source.released:
         return (
             f"The UNet and adapter are the authors' released checkpoint `{source.checkpoint}` ({RELEASED_CHECKPOINT_URL}), "
@@ -90,7 +69,9 @@ def _weights_text(source: WeightsSource) -> str:
     return f"The UNet and adapter are the {weights} weights of `{source.checkpoint}`, written by this project's `train.py`{step}."
 
 
-def _training_data_text(source: WeightsSource) -> str:
+def _training_data_text(source: WeightsSource | None) -> str:
+    if source is None:
+        return "The pipeline this folder was saved from does not record its training data: describe it here before publishing."
     if source.released:
         return (
             "The authors trained the released weights on the UBC Fashion dataset (500 training videos of one person "
@@ -101,9 +82,10 @@ def _training_data_text(source: WeightsSource) -> str:
     return f"Trained on {where}. The checkpoint does not say what those videos are: describe them here before publishing."
 
 
-def model_card(pipe, source: WeightsSource, *, repo_id: str) -> str:
+def model_card(pipe, source: WeightsSource | None, *, repo_id: str) -> str:
     """README.md of a pipeline folder: YAML metadata, then what the model is, how to load it, where the weights
-    come from, the paper, training data, intended use and limits, and the license as far as it is known."""
+    come from (`source`; None: not known), the paper, training data, intended use and limits, and the license as
+    far as it is known. `FashionFlowPipeline.save_pretrained` writes it."""
     config = pipe.model_config
     height, width = pipe.image_size
     millions = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
@@ -111,7 +93,7 @@ def model_card(pipe, source: WeightsSource, *, repo_id: str) -> str:
     license_text = (
         f"The authors' repository ({ORIGINAL_CODE}) and their released checkpoint state no license, so the terms on "
         "which these weights may be used or shared are not known: ask the authors before redistributing them."
-        if source.released
+        if source and source.released
         else "These weights are whoever trained them to license: choose a license and set the `license` field above."
     )
     body = f"""
@@ -197,26 +179,36 @@ def convert(
 ) -> Path:
     """Write the pipeline folder of `checkpoint` (weights, configs, model card) to `output_dir`, which must be new or
     empty; it appears complete or not at all. `repo_id` is the name the model card's loading code uses."""
-    source = weights_source(read_checkpoint(checkpoint), checkpoint, use_ema=use_ema)
+    read_checkpoint(checkpoint)  # a missing file, or one that is no checkpoint, is refused before the folder is made
     output_dir = check_output_dir(Path(output_dir))
     pipe = FashionFlowPipeline.from_checkpoint(
         checkpoint, vae=vae, clip=clip, preset=preset, preprocessing=preprocessing, device="cpu", use_ema=use_ema
     )
-    card = model_card(pipe, source, repo_id=repo_id or str(output_dir))
-
-    def write(folder: Path) -> None:
-        pipe.save_pretrained(folder)
-        (folder / "README.md").write_text(card)
-
-    return atomic_write_dir(output_dir, write)
+    return atomic_write_dir(output_dir, lambda folder: pipe.save_pretrained(folder, repo_id=repo_id or str(output_dir)))
 
 
-def push_to_hub(folder: Path, repo_id: str, *, private: bool) -> str:
-    """Upload a converted folder (model card included) to the hub repo `repo_id`, created if missing."""
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,  # default: "FashionFlow pipeline"
+    create_pr: bool = False,
+) -> str:
+    """Upload a pipeline folder (model card included) to the hub repo `repo_id`, created if missing; the commit's URL.
+    `FashionFlowPipeline.push_to_hub` and `save_pretrained(push_to_hub=True)` upload through it too."""
     from huggingface_hub import create_repo, upload_folder
 
-    create_repo(repo_id, exist_ok=True, private=private)
-    return upload_folder(repo_id=repo_id, folder_path=folder, commit_message="FashionFlow pipeline (models.convert)").commit_url
+    create_repo(repo_id, exist_ok=True, private=private, token=token)
+    commit = upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message or "FashionFlow pipeline",
+        token=token,
+        create_pr=create_pr,
+    )
+    return commit.commit_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,7 +247,7 @@ def main(argv=None) -> int:
         )
         print(f"wrote {folder}: load it with FashionFlowPipeline.from_pretrained({str(folder)!r})")
         if args.push_to_hub:
-            print(f"uploaded: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+            print(f"uploaded: {push_folder(folder, args.push_to_hub, private=args.private)}")
 
     return run_command("models.convert", run)
 

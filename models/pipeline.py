@@ -18,9 +18,11 @@ generators). On a GPU the DDPM sampler's noise is drawn a step ahead in a thread
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -34,7 +36,7 @@ from transformers import CLIPVisionModel
 from transformers.image_processing_base import ImageProcessingMixin
 
 from .adapter import EmbeddingAdapter
-from .checkpoint import models_from_checkpoint, read_checkpoint
+from .checkpoint import WeightsSource, models_from_checkpoint, read_checkpoint, weights_source
 from .config import PRECISIONS, ModelConfig, check_precision, check_preprocessing, get_preset
 from .diffusion import make_scheduler, sample_latents, set_steps
 from .encoders import FrozenEncoders, clip_image_processor
@@ -151,6 +153,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         self._offload_device: torch.device | None = None
         self._interrupt = False
         self.static_decode_shapes = False  # pad the last decode chunk to full size (set by compile)
+        self.weights_source: WeightsSource | None = None  # what the model card says of the weights (from_checkpoint's)
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -196,9 +199,11 @@ class FashionFlowPipeline(DiffusionPipeline):
         if preprocessing is not None:
             config = config.replace(preprocessing=preprocessing)
         unet, adapter, config = models_from_checkpoint(ckpt, path=path, use_ema=use_ema, config=config)
+        source = weights_source(ckpt, path, use_ema=use_ema)
         del ckpt
         encoders = FrozenEncoders.from_config(config, vae=vae, clip=clip)
         pipeline = cls.from_parts(unet.requires_grad_(False), adapter.requires_grad_(False), encoders)
+        pipeline.weights_source = source
         return pipeline.to(device, dtype)
 
     @classmethod
@@ -210,6 +215,30 @@ class FashionFlowPipeline(DiffusionPipeline):
         """
         kwargs.setdefault("low_cpu_mem_usage", False)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ saving
+
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, repo_id: str | None = None, **kwargs):
+        """diffusers' `save_pretrained`, then our model card as README.md (`convert.model_card`; `repo_id` is the
+        name its loading code uses, default the folder). `push_to_hub` uploads the folder to `repo_id` (default: the
+        folder's name), card included, where diffusers' own would replace it by a generic one; `private`, `token`,
+        `commit_message` and `create_pr` go to the upload."""
+        from .convert import model_card, push_folder  # convert builds on the pipeline
+
+        upload = {name: kwargs.pop(name) for name in ("private", "token", "commit_message", "create_pr") if name in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        repo_id = repo_id or (Path(save_directory).name if push_to_hub else str(save_directory))
+        (Path(save_directory) / "README.md").write_text(model_card(self, self.weights_source, repo_id=repo_id))
+        if push_to_hub:
+            return push_folder(Path(save_directory), repo_id, **upload)
+
+    def push_to_hub(self, repo_id: str, commit_message=None, private=None, token=None, create_pr=False, **save_options):
+        """diffusers' `push_to_hub` (the pipeline saved to a temporary folder, which is uploaded to the hub repo
+        `repo_id`, created if missing), with the model card `python -m models.convert --push_to_hub` uploads; the
+        commit's URL. `save_options` (e.g. `variant`) go to `save_pretrained`."""
+        upload = dict(commit_message=commit_message, private=private, token=token, create_pr=create_pr)
+        with tempfile.TemporaryDirectory() as folder:
+            return self.save_pretrained(folder, push_to_hub=True, repo_id=repo_id, **upload, **save_options)
 
     # ------------------------------------------------------------------------------------------------ what it is
 

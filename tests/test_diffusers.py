@@ -336,7 +336,26 @@ def test_card_metadata_lists_hub_encoders_as_base_models():
     assert metadata["base_model"] == ["CompVis/stable-diffusion-v1-4", "openai/clip-vit-base-patch32"]
 
 
-def test_convert_command_refuses_a_used_folder_and_pushes_on_request(parts, tmp_path, monkeypatch, capsys):
+class Commit:
+    commit_url = "https://huggingface.co/you/tiny/commit/1"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """huggingface_hub's repo creation and folder upload, recorded instead of sent: (call, repo_id, options), the
+    model card of each upload under 'README.md'."""
+    calls = []
+    monkeypatch.setattr("huggingface_hub.create_repo", lambda repo_id, **kw: calls.append(("create", repo_id, kw)))
+
+    def upload_folder(*, repo_id, folder_path, **kw):
+        calls.append(("upload", repo_id, dict(kw, folder_path=folder_path, card=(folder_path / "README.md").read_text())))
+        return Commit()
+
+    monkeypatch.setattr("huggingface_hub.upload_folder", upload_folder)
+    return calls
+
+
+def test_convert_command_refuses_a_used_folder_and_pushes_on_request(parts, tmp_path, hub, capsys):
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")
@@ -347,13 +366,6 @@ def test_convert_command_refuses_a_used_folder_and_pushes_on_request(parts, tmp_
     assert convert_module.main(["--checkpoint", str(tmp_path / "missing.pth"), "--output_dir", str(tmp_path / "new")]) == 2
     assert "missing.pth does not exist" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
-    uploads = []
-    monkeypatch.setattr("huggingface_hub.create_repo", lambda repo_id, **kw: uploads.append(("create", repo_id, kw)))
-
-    class Commit:
-        commit_url = "https://huggingface.co/you/tiny/commit/1"
-
-    monkeypatch.setattr("huggingface_hub.upload_folder", lambda **kw: uploads.append(("upload", kw)) or Commit())
     out = tmp_path / "pushed"
     assert (
         convert_module.main(
@@ -361,9 +373,30 @@ def test_convert_command_refuses_a_used_folder_and_pushes_on_request(parts, tmp_
         )
         == 0
     )
-    assert uploads[0] == ("create", "you/tiny", {"exist_ok": True, "private": True})
-    assert uploads[1][1]["repo_id"] == "you/tiny" and uploads[1][1]["folder_path"] == out
+    assert hub[0] == ("create", "you/tiny", {"exist_ok": True, "private": True, "token": None})
+    assert hub[1][:2] == ("upload", "you/tiny") and hub[1][2]["folder_path"] == out
     assert 'from_pretrained("you/tiny")' in (out / "README.md").read_text() and Commit.commit_url in capsys.readouterr().out
+
+
+def test_the_pipeline_saves_and_uploads_the_model_card_that_convert_does(parts, folders, tmp_path, hub):
+    assert (
+        convert_module.main(
+            ["--checkpoint", str(parts["ours"]), "--output_dir", str(tmp_path / "c"), "--push_to_hub", "you/tiny"]
+        )
+        == 0
+    )
+    pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], device="cpu")
+    assert pipe.push_to_hub("you/tiny", private=True) == Commit.commit_url  # diffusers' would upload a generic card
+    assert pipe.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="you/tiny") == Commit.commit_url
+    (_, _, converted), (_, _, pushed), (_, _, saved) = (call for call in hub if call[0] == "upload")
+    assert pushed["card"] == saved["card"] == converted["card"] == (tmp_path / "c" / "README.md").read_text()
+    assert [call[2]["private"] for call in hub if call[0] == "create"] == [False, True, None]
+    pipe.save_pretrained(tmp_path / "saved")  # no upload: the card's loading code names the folder
+    assert (tmp_path / "saved" / "README.md").read_text() == converted["card"].replace("you/tiny", str(tmp_path / "saved"))
+    # a pipeline loaded from a folder does not know where its weights come from, and its card says so
+    FashionFlowPipeline.from_pretrained(folders["ours"]).save_pretrained(tmp_path / "again")
+    metadata, body = card_yaml(tmp_path / "again")
+    assert metadata["pipeline_tag"] == "image-to-video" and "does not record where its UNet and adapter weights" in body
 
 
 def test_our_checkpoints_convert_their_ema_weights_by_default(parts, tmp_path):
