@@ -17,6 +17,7 @@ from .cli import USER_ERRORS
 from .config import DEFAULT_FPS
 from .demo import animate_photo, frames_range, resolve_model
 from .diffusion import SAMPLERS
+from .long_video import default_overlap
 from .outputs import ensure_writable_dir
 from .pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .video_io import RESIZE_MODES
@@ -49,13 +50,17 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
     fewest, most, step = frames_range(pipeline.model_config, max_frames=MAX_WINDOWS * trained)
 
     # Gradio finds the progress bar by this default; it follows the tqdm bars of animate() and the pipeline
-    def run(photo, frames, steps, sampler, seed, num_videos, fps, resize_mode, gif, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    def run(
+        photo, frames, steps, sampler, seed, num_videos, fps, resize_mode, gif, loop, overlap,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
         if photo is None:
             raise gr.Error("Upload a photo or pick one of the examples first.")
+        windowed = pipeline.is_windowed(int(frames), loop)  # else there is no overlap, and the sidecar records none
         settings = AnimateSettings(
             output_dir=str(output_dir), num_videos=int(num_videos), frames=int(frames), sampler=sampler, steps=int(steps),
-            seed=int(seed), precision=precision, fps=int(fps), resize_mode=resize_mode, gif=gif,
-            record=dict(checkpoint=str(choice.checkpoint)),
+            seed=int(seed), precision=precision, fps=int(fps), resize_mode=resize_mode, gif=gif, loop=loop,
+            overlap=int(overlap) if windowed else None, record=dict(checkpoint=str(choice.checkpoint)),
         )  # fmt: skip
         try:
             made = animate_photo(pipeline, photo, settings)
@@ -76,6 +81,11 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
                 frames = gr.Slider(
                     fewest, most, value=trained, step=step, label=f"frames (frame 0 is the photo; over {trained}: in windows)"
                 )
+                with gr.Row():  # inference.py's --loop and --overlap
+                    loop = gr.Checkbox(False, label="loop (the last frame leads back into the first)")
+                    overlap = gr.Slider(
+                        1, trained - 1, value=default_overlap(trained), step=1, label="frames shared by windows (cross-faded)"
+                    )
                 with gr.Row():
                     steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="denoising steps")
                     sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
@@ -98,7 +108,7 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
                 sidecars = gr.JSON(label="settings of each video (the sidecar files)", elem_id="settings")
         button.click(
             run,
-            inputs=[photo, frames, steps, sampler, seed, num_videos, fps, resize_mode, gif],
+            inputs=[photo, frames, steps, sampler, seed, num_videos, fps, resize_mode, gif, loop, overlap],
             outputs=[*players, files, sidecars],
             api_name="animate",
         )

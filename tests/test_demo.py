@@ -212,6 +212,13 @@ def test_gradio_client_gets_videos_with_the_frames_asked_for(server, tmp_path):
     assert sorted(Path(f).name for f in files) == sorted(f"synthetic_sample{k}.{s}" for k in range(2) for s in ("mp4", "json"))
     assert sorted(sidecars) == ["synthetic_sample0.mp4", "synthetic_sample1.mp4"]
     assert all((s["frames"], s["steps"], s["sampler"], s["seed"], s["fps"]) == (6, 2, "ddim", 5, 12) for s in sidecars.values())
+    assert all((s["loop"], s["overlap"]) == (False, None) for s in sidecars.values())  # one window: nothing overlaps
+    # longer than the trained 8 frames and looping, in windows sharing 3 frames, as inference.py --loop --overlap 3
+    *players, _, sidecars = client.predict(
+        handle_file(PHOTO), 12, 1, "ddim", 5, 1, 12, "crop", False, loop=True, overlap=3, api_name="/animate"
+    )
+    assert probe_video(video_path(players[0])).frames == 12
+    assert (sidecars["synthetic_sample0.mp4"]["loop"], sidecars["synthetic_sample0.mp4"]["overlap"]) == (True, 3)
 
 
 def test_a_failing_photo_shows_its_reason_and_the_server_goes_on(server, tmp_path):
