@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench._common import write_report  # noqa: E402
 from models.pipeline import (  # noqa: E402
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -179,12 +180,7 @@ def main(argv=None) -> Path:
             *(f"{v:.2f}" if i % 2 == 0 else f"{v:.3f}" for i, v in enumerate((*vs_ref, *vs_truth))),
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines).replace("nan", "-") + "\n"
-    print(text)
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"inference_{device.type}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return out
+    return write_report("\n".join(lines).replace("nan", "-") + "\n", args.out, f"inference_{device.type}.md")
 
 
 if __name__ == "__main__":

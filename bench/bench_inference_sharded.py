@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import write_report  # noqa: E402
+
 MADE = re.compile(r"made\s+(\d+) videos in ([\d.]+) s on (\d+) process")  # the summary line (models/catalogue.py)
 
 
@@ -160,12 +162,7 @@ def main(argv=None) -> Path:
             spread(e2e_ratio, 2) + "x", spread(st), spread(st_ratio, 2) + "x", "yes" if same else "no",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"inference_sharded_{args.device.split(':')[0]}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return out
+    return write_report("\n".join(lines) + "\n", args.out, f"inference_sharded_{args.device.split(':')[0]}.md")
 
 
 if __name__ == "__main__":

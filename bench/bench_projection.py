@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
+from bench._common import write_report  # noqa: E402
 from models.config import PRECISIONS, PREPROCESSING_MODES  # noqa: E402
 from models.distributed import pick_device  # noqa: E402
 from models.encoders import FrozenEncoders  # noqa: E402
@@ -146,11 +147,7 @@ def main(argv=None) -> int:
         seek_rate, ours_rate = 60 * r["videos"] / r["seek_s"], 60 * r["videos"] / r["ours_s"]
         wrong = ", ".join(r["wrong_start"]) or "none"
         lines.append(f"| {name} | {r['videos']} | {seek_rate:.1f} | {ours_rate:.1f} | {ours_rate / seek_rate:.2f}x | {wrong} |")
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"projection_{device.type}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report("\n".join(lines) + "\n", args.out, f"projection_{device.type}.md")
     return 0
 
 

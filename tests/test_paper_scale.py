@@ -194,6 +194,16 @@ def test_paper_bench_smoke_runs_every_cpu_section(tmp_path):
     assert "## One video" in (tmp_path / "smoke.md").read_text()
 
 
+def test_bench_reports_are_printed_and_written_where_asked(tmp_path, capsys):
+    """The end every bench script shares (bench/_common.py): the table on the console and in a file."""
+    from bench._common import RESULTS, write_report
+
+    out = tmp_path / "new" / "report.md"
+    assert write_report("| a | b |\n", str(out), "unused.md") == out
+    assert out.read_text() == "| a | b |\n" and "| a | b |" in capsys.readouterr().out
+    assert RESULTS == ROOT / "bench" / "results"  # where it goes without --out
+
+
 @pytest.mark.parametrize("module", ["video_io", "data", "manifest", "projection", "evaluate", "inference_io", "files", "outputs"])
 def test_light_modules_do_not_import_the_networks(module):
     """Writing a PNG or reading a manifest must not depend on the model code (nor load diffusers)."""
