@@ -41,7 +41,7 @@ import argparse
 import sys
 
 from models.cli import USER_ERRORS, non_negative_int, positive_int, print_user_error, run_command
-from models.config import DEFAULT_FPS, PREPROCESSING_MODES, PRESETS
+from models.config import DEFAULT_FPS, PREPROCESSING_MODES, PRESETS, SEED_BY
 from models.diffusion import SAMPLERS
 from models.distributed import add_local_rank_argument
 
@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"denoising steps (default: {DEFAULT_STEPS}; --sampler ddpm --steps {ORIGINAL_STEPS} is the original's procedure)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="base seed (>= 0); video k of input i uses (seed, i, k)")
+    p.add_argument(
+        "--seed_by",
+        choices=SEED_BY,
+        default="index",
+        help="what seeds an input's videos with --seed: its place i in the inputs, or its output name (a stable hash), "
+        "so that photos added to a folder change no other photo's videos and a rerun remakes only theirs",
+    )
     p.add_argument(
         "--frames",
         type=positive_int,
@@ -189,7 +196,7 @@ def main(argv=None) -> int:
         model = dict(checkpoint=str(args.pretrained_model), preset=args.preset, vae=args.vae, clip=args.clip, ema=not args.no_ema)
         settings = AnimateSettings(
             output_dir=args.output_dir, num_videos=args.num_of_vid, frames=args.frames, sampler=args.sampler,
-            steps=args.steps or DEFAULT_STEPS, seed=args.seed, batch_size=args.batch_size,
+            steps=args.steps or DEFAULT_STEPS, seed=args.seed, seed_by=args.seed_by, batch_size=args.batch_size,
             decode_chunk_size=args.decode_chunk_size, fps=args.fps, resize_mode=args.resize_mode,
             start_frame=args.start_frame, loop=args.loop, overlap=args.overlap, gif=args.gif, png_frames=args.png_frames,
             low_memory=args.low_memory,

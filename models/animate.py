@@ -8,14 +8,15 @@ anything else that animates (the web demo, notebooks).
 `animate` yields one `InputResult` per input as soon as all its samples are written (or it failed): an input
 that cannot be read, or whose files cannot be written, is reported and never stops the others. Videos are
 batched across inputs (`batch_size`), and the mp4 encoding of one batch runs on a background thread while the
-next is denoised. Every video depends only on (seed, input index, sample index), so ranks can split the inputs
-(`rank`, `world_size`) and a rerun can keep what an earlier run finished: a video whose files are all there and
-whose sidecar (written last) records the same settings and source is skipped, not made again (`overwrite` makes
-it again).
+next is denoised. Every video depends only on (seed, input index, sample index), or with `seed_by='name'` on
+(seed, input name, sample index), so ranks can split the inputs (`rank`, `world_size`) and a rerun can keep what
+an earlier run finished: a video whose files are all there and whose sidecar (written last) records the same
+settings and source is skipped, not made again (`overwrite` makes it again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint import RELEASED_CHECKPOINT_URL
-from .config import DEFAULT_FPS, PRECISIONS
+from .config import DEFAULT_FPS, PRECISIONS, SEED_BY
 from .distributed import rank_share
 from .files import leftover_temp_files_in
 from .inference_io import (
@@ -73,6 +74,7 @@ class AnimateSettings:
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
     seed: int = 0
+    seed_by: str = "index"  # or 'name': an input's videos do not change when inputs before it come or go
     precision: str = "fp32"  # autocast precision when the weights are fp32 (the weights' dtype rules otherwise)
     batch_size: int = 1  # videos denoised together
     decode_chunk_size: int = 8
@@ -211,25 +213,36 @@ def load_pipeline(
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
+def seed_key(item: InputItem, index: int, settings: AnimateSettings) -> int:
+    """What seeds an input's videos (and random start frame) with `settings.seed`: its index in the inputs, or with
+    `seed_by='name'` a stable hash of its output name, so that adding or removing other inputs (a photo put in the
+    folder) changes neither its videos nor, on a rerun, whether they count as complete."""
+    if settings.seed_by == "index":
+        return index
+    return int.from_bytes(hashlib.sha256(item.stem.encode()).digest()[:8], "big")
+
+
 def pick_start_frame(item: InputItem, settings: AnimateSettings, index: int, frames: int) -> int:
     """The dataset frame to animate; 'random' keeps the window [start, start + frames) inside the video."""
     if settings.start_frame != "random":
         return settings.start_frame
     total = probe_video(item.path).frames or count_frames(item.path)
-    return int(np.random.default_rng([settings.seed, index]).integers(0, max(total - frames, 0) + 1))
+    rng = np.random.default_rng([settings.seed, seed_key(item, index, settings)])
+    return int(rng.integers(0, max(total - frames, 0) + 1))
 
 
 def input_identity(item: InputItem, index: int, settings: AnimateSettings) -> dict:
     """What the videos of one input depend on besides the run's settings, as their sidecars record it: the source,
-    its size and modification time (a photo replaced under the same name is animated again), its index (which
-    seeds it) and, for a dataset video, the start frame asked for. Raises ImageReadError / VideoReadError when the
+    its size and modification time (a photo replaced under the same name is animated again), its index when that
+    seeds it and, for a dataset video, the start frame asked for. Raises ImageReadError / VideoReadError when the
     input is no readable file."""
     reason = item.error or not_a_file_reason(item.path)
     if reason is not None:
         raise (ImageReadError if item.kind == "image" else VideoReadError)(item.path, reason)
     stat = item.path.stat()
     identity = {"source": str(item.path), "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
-    identity["input_index"] = index
+    if settings.seed_by == "index":
+        identity["input_index"] = index
     if item.kind == "video":
         identity["start_frame_setting"] = settings.start_frame
     return identity
@@ -249,7 +262,7 @@ def load_input(item: InputItem, settings: AnimateSettings, index: int, size, fra
 def run_record(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> dict:
     """The settings a video depends on, as every sidecar records them: a rerun makes again any video whose sidecar
     records others. Memory and speed options (batch size, decode chunks, `low_memory`) are not among them."""
-    return dict(
+    record = dict(
         settings.record,
         frames=settings.frames or pipeline.model_config.frames,
         fps=settings.fps,
@@ -263,6 +276,9 @@ def run_record(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> dict
         loop=settings.loop,
         overlap=settings.overlap,
     )
+    if settings.seed_by != "index":  # recorded only then: sidecars written before `seed_by` existed still match
+        record["seed_by"] = settings.seed_by
+    return record
 
 
 def outputs_of(result: InputResult, sample: int, settings: AnimateSettings) -> dict[str, Path]:
@@ -346,6 +362,8 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
     frames = settings.frames or pipeline.model_config.frames
     pipeline.check_num_frames(frames, loop=settings.loop)
+    if settings.seed_by not in SEED_BY:
+        raise ValueError(f"seed_by must be one of {SEED_BY}, got {settings.seed_by!r}")
     if settings.overlap is not None:
         check_overlap(settings.overlap, pipeline.model_config.frames)
     pipeline.enable_encoder_offload(settings.low_memory)
@@ -381,7 +399,10 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
             num_frames=frames,
             sampler=settings.sampler,
             steps=settings.steps,
-            generator=[sample_generator(settings.seed, result.index, sample) for result, sample, _ in batch],
+            generator=[
+                sample_generator(settings.seed, seed_key(result.item, result.index, settings), sample)
+                for result, sample, _ in batch
+            ],
             precision=settings.precision,
             decode_chunk_size=chunk,
             progress=settings.progress,

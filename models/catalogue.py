@@ -2,7 +2,7 @@
 
 Every rank lists the same inputs (the ranks compare a digest of the list, so two machines that see different
 folders stop before any work) and animates its share, inputs rank, rank + world_size, ..., on its own GPU. As
-every video depends only on (seed, input index, sample index), the videos are the same bytes whatever the
+every video depends only on (seed, input index or name, sample index), the videos are the same bytes whatever the
 number of processes, given the same kind of device and threads per process. A rerun of the same command skips
 every video an earlier run completed with the same settings (`models.animate`), after removing what a killed run
 left half-written.

@@ -17,6 +17,7 @@ DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 PREPROCESSING_MODES = ("legacy", "standard")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_FPS = 25  # the dataset's frame rate: 70 frames play in 2.8 s
+SEED_BY = ("index", "name")  # what seeds an input's videos besides the seed (models/animate.py, `seed_key`)
 
 
 def check_preprocessing(mode: str) -> str:

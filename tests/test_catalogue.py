@@ -154,6 +154,27 @@ def test_a_rerun_skips_complete_videos_and_makes_the_rest(pipeline, tmp_path, mo
     assert remade == {"look0": 0, "look1": 2, "look2": 2}  # its mp4s changed: not complete with steps=3 any more
 
 
+def test_seeded_by_name_a_photo_added_to_the_folder_changes_no_other_video(parts, pipeline, tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    photos(folder, 2)
+    by_name = settings_for(out, num_videos=1, seed_by="name")
+    assert [r.skipped for r in animate(pipeline, image_inputs([str(folder)]), by_name)] == [0, 0]
+    first = mtimes(out)
+    Image.new("RGB", (48, 64), (200, 30, 30)).save(folder / "a_new.png")  # listed first: the others' indices shift
+    again = list(animate(pipeline, image_inputs([str(folder)]), by_name))
+    assert sorted((r.index, r.item.stem, r.skipped) for r in again) == [(0, "a_new", 0), (1, "look0", 1), (2, "look1", 1)]
+    assert all(mtimes(out)[name] == first[name] for name in first)
+    sidecar = json.loads((out / "look1_sample0.json").read_text())
+    assert sidecar["seed_by"] == "name" and "input_index" not in sidecar
+    # the same video as look1 animated on its own, the first input there
+    alone = tmp_path / "alone"
+    assert inference.main(script_args(parts, alone, "--image", str(folder / "look1.png"), "--seed_by", "name")) == 0
+    assert (alone / "look1_sample0.mp4").read_bytes() == (out / "look1_sample0.mp4").read_bytes()
+    # seeded by index (the default), the shift makes them again, differently
+    assert [r.skipped for r in animate(pipeline, image_inputs([str(folder)]), settings_for(out, num_videos=1))] == [0, 0, 0]
+    assert (alone / "look1_sample0.mp4").read_bytes() != (out / "look1_sample0.mp4").read_bytes()
+
+
 KILL_IN_THE_SECOND_SIDECAR = """
 import os, signal, sys
 import inference
