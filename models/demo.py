@@ -77,7 +77,8 @@ def resolve_model(checkpoint=None, *, vae: str | None = None, clip: str | None =
 
 def frames_range(config, max_frames: int | None = None) -> tuple[int, int, int]:
     """(fewest, most, step) frames to offer: multiples of the UNet's temporal factor, at least 2 (frame 0 is the
-    photo), up to `max_frames` (default: the trained length, the longest video the pipeline makes)."""
+    photo), up to `max_frames` (default: the trained length, the longest single window; longer videos are made
+    window by window). Windowed lengths may be any number, but one step keeps the slider simple."""
     step = config.frame_multiple
     return step * math.ceil(2 / step), max_frames or config.frames, step
 
