@@ -19,7 +19,16 @@ and memory are real). Sections:
 - train: one optimizer step at batch 2 x 70 frames, original settings (fp32, no checkpointing) against ours
   (bf16 + gradient checkpointing), and the largest batch of ours that fits.
 - memory: peak memory of one video with the default and the --low_memory settings, and by decode chunk.
+- offload: one whole video with `enable_model_cpu_offload()` and with --low_memory against the default: peak
+  memory and time.
+- sync: whether the sampling loop waits for the GPU (one `FashionFlowPipeline.denoise` under
+  `torch.cuda.set_sync_debug_mode`, each synchronising call counted by where our code made it), and the loop's
+  overhead against the same UNet calls back to back.
 - compiled (with --compile): end to end with the UNet and the decoder compiled.
+
+Figures are written after every section (--json, --report). A SIGTERM (the time limit of bench/gpu_suite.sh)
+ends the section running, records it as stopped along with what it had measured, and writes them; the exit
+status is non-zero when a section failed or stopped.
 
 FLOPs per phase are counted with torch.utils.flop_counter on the meta device; the fraction of peak divides the
 achieved rate by a large matrix product's rate measured here in the phase's precision.
@@ -28,13 +37,17 @@ achieved rate by a large matrix product's rate measured here in the phase's prec
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,11 +62,12 @@ from models.config import DEFAULT_FPS, PRECISIONS, get_preset  # noqa: E402
 from models.diffusion import NoiseSchedule, make_scheduler, sample_latents  # noqa: E402
 from models.encoders import FrozenEncoders  # noqa: E402
 from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, ORIGINAL_STEPS, FashionFlowPipeline  # noqa: E402
-from models.profiling import peak_memory_mb, reset_peak_memory, synchronize, timed  # noqa: E402
+from models.profiling import memory_kind, peak_memory_mb, reset_peak_memory, synchronize, timed  # noqa: E402
 from models.training import TrainingObjective  # noqa: E402
 from models.video_io import write_mp4  # noqa: E402
 
-SECTIONS = ("inference", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")  # compiling ones last
+# the order of --sections all; the compiling ones last
+SECTIONS = ("inference", "offload", "sync", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
 HALF = {name: dtype for name, dtype in PRECISIONS.items() if name != "fp32"}
 ORIGINAL_UNET = "original: fp32 weights (under fp16 autocast on a GPU)"
@@ -123,6 +137,7 @@ class Bench:
         self.image = torch.rand(1, 3, *self.pipeline.image_size, generator=torch.Generator().manual_seed(0))
         self.flops = count_flops(self)
         self.peaks = {}
+        self.partial = {}  # section -> figures measured so far, kept if the section fails or is stopped
 
     def dtype(self, precision: str) -> torch.dtype:
         return HALF.get(precision, torch.float32)
@@ -275,6 +290,7 @@ def section_inference(bench: Bench) -> dict:
         weights=str(ours_pipe.dtype),
         chunk=args.decode_chunk_size,
     )
+    bench.partial["inference"] = {"ours": ours}  # the end to end figure joins it when measured
     if not ours["extrapolated"]:
         ours["end_to_end"] = end_to_end_seconds(bench, ours_pipe, steps)
 
@@ -648,6 +664,132 @@ def section_memory(bench: Bench) -> dict:
     return results
 
 
+def section_offload(bench: Bench) -> dict:
+    """One whole video (every step, every frame) with networks waiting in CPU memory, against the default:
+    `enable_model_cpu_offload()` (each network on the device only for its stage) and --low_memory (the encoders
+    offloaded, small decode chunks; models/animate.py). Peak device memory and seconds, measured after a warm-up."""
+    args, dev = bench.args, bench.device
+    steps = DEFAULT_STEPS if not args.smoke else 4
+    chunk = args.decode_chunk_size
+    results = bench.partial.setdefault("offload", {})  # row by row: a run stopped midway keeps the rows it measured
+    variants = (
+        (f"default (all on the device, decode chunk {chunk})", "none", chunk),
+        (f"--low_memory (encoders offloaded, decode chunk {LOW_MEMORY_DECODE_CHUNK})", "encoders", LOW_MEMORY_DECODE_CHUNK),
+        (f"enable_model_cpu_offload() (decode chunk {chunk})", "model", chunk),
+    )
+    pipeline = bench.ours()
+    try:
+        for name, offload, decode_chunk in variants:
+            if offload == "model":
+                pipeline.enable_model_cpu_offload(device=dev)
+            else:
+                pipeline.enable_encoder_offload(offload == "encoders")
+
+            def video(n_steps, decode_chunk=decode_chunk):
+                pipeline(bench.image, sampler=DEFAULT_SAMPLER, steps=n_steps, generator=torch.Generator().manual_seed(0),
+                         precision=bench.precision, decode_chunk_size=decode_chunk, progress=False, output_type="pt")  # fmt: skip
+
+            video(2)  # cuDNN autotuning of the shapes, lazy initialisation: not part of a steady video
+            if bench.cuda:
+                torch.cuda.empty_cache()
+            reset_peak_memory(dev)
+            t = {}
+            with timed(dev, t, "s"):
+                video(steps)
+            peak = {"peak_memory_mb": peak_memory_mb(dev), "memory": memory_kind(dev)}
+            results[name] = {"offload": offload, **peak, "seconds": t["s"], "steps": steps}
+    finally:
+        pipeline.enable_encoder_offload(False)  # nothing offloaded: every network back on the device
+    return results
+
+
+def sync_calls(fn) -> dict:
+    """Run `fn` under torch.cuda.set_sync_debug_mode("warn"): the synchronising CUDA calls it makes, counted by
+    the innermost line of this project's models/ that led to each (and the line that made the call, if elsewhere)."""
+    where = collections.Counter()
+    models = str(ROOT / "models")
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return shown(message, category, filename, lineno, file, line)
+        ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(models)]
+        caller = f"{short_path(filename)}:{lineno}"
+        inner = f"{short_path(ours[-1].filename)}:{ours[-1].lineno}" if ours else None
+        where[caller if inner in (None, caller) else f"{inner} (via {caller})"] += 1
+
+    shown, mode = warnings.showwarning, torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+    return {"applicable": True, "syncs": sum(where.values()), "where": dict(where.most_common())}
+
+
+def short_path(filename: str) -> str:
+    """A path relative to the repository or to site-packages, for the report."""
+    path = Path(filename)
+    if path.is_relative_to(ROOT):
+        return str(path.relative_to(ROOT))
+    parts = path.parts
+    return str(Path(*parts[parts.index("site-packages") + 1 :])) if "site-packages" in parts else filename
+
+
+def section_sync(bench: Bench) -> dict:
+    """Whether the sampling loop makes the host wait for the GPU: one `FashionFlowPipeline.denoise` (every step) under
+    torch.cuda.set_sync_debug_mode("warn"), with the synchronising calls it makes (CUDA only). Then the loop's own
+    cost: denoise against the same number of UNet calls back to back, each timed with one synchronisation at the
+    end, and how soon denoise hands control back to the host (long before the GPU finishes, if nothing waits)."""
+    args, dev = bench.args, bench.device
+    steps = DEFAULT_STEPS if not args.smoke else 4
+    pipeline = bench.ours()
+    generator = torch.Generator().manual_seed(0)
+    context, image_latent = pipeline.encode_image(bench.image, generator)
+    noise = pipeline.prepare_latents(1, bench.frames, generator=generator)
+    t = torch.full((1,), 500.0, device=dev)
+
+    def denoise():
+        return pipeline.denoise(noise, context, image_latent, sampler=DEFAULT_SAMPLER, steps=steps,
+                                generator=torch.Generator().manual_seed(1), precision=bench.precision)  # fmt: skip
+
+    @torch.inference_mode()
+    def unet_calls():
+        x, c = noise.to(pipeline.dtype), context.to(pipeline.dtype)
+        with pipeline_autocast(pipeline, bench.precision):
+            for _ in range(steps):
+                pipeline.unet(x, c, timestep=t)
+
+    denoise()  # warm-up: cuDNN autotuning, the scheduler's first set-up
+    results = bench.partial.setdefault("sync", {"sampler": DEFAULT_SAMPLER, "steps": steps})
+    if bench.cuda:
+        results["sync_check"] = sync_calls(denoise)
+    else:
+        results["sync_check"] = {"applicable": False, "why": "not applicable on the CPU: every operation waits for its result"}
+    loops, unets, returns = [], [], []
+    for _ in range(min(args.repeats, 3)):
+        synchronize(dev)
+        start = time.perf_counter()
+        denoise()
+        returns.append(time.perf_counter() - start)
+        synchronize(dev)
+        loops.append(time.perf_counter() - start)
+        times = {}
+        with timed(dev, times, "s"):
+            unet_calls()
+        unets.append(times["s"])
+    loop, unet = statistics.median(loops), statistics.median(unets)
+    results.update(
+        loop_seconds=loop,
+        unet_calls_seconds=unet,
+        overhead_per_step=max(loop - unet, 0.0) / steps,
+        host_back_after_seconds=statistics.median(returns),
+    )
+    return results
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -667,10 +809,11 @@ def fmt_s(x: float) -> str:
 
 def report_markdown(results: dict) -> str:
     meta = results["meta"]
+    commands = ", ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]]))  # several: merged runs
     lines = [
         f"# {'Smoke run (tiny preset)' if meta['smoke'] else 'Paper scale'}: {meta['device']}",
         "",
-        f"`{meta['command']}` on {meta['date']} (torch {meta['torch']}). Paper configuration: {meta['frames']} frames at "
+        f"{commands} on {meta['date']} (torch {meta['torch']}). Paper configuration: {meta['frames']} frames at "
         f"{meta['image_size'][0]}x{meta['image_size'][1]}, SpaceTimeUnet (random weights) and the stand-in SD v1-4 VAE and "
         "CLIP ViT-B/32 (random weights: timings and memory are real, the videos are noise). Fraction of peak: achieved "
         "FLOP/s over a large matrix product's FLOP/s measured in the same run and precision (fp32 as TF32 on a GPU, "
@@ -726,6 +869,11 @@ def report_markdown(results: dict) -> str:
                 f"Ours, extrapolated: {fmt_s(ours['total'])} per video; "
                 f"{inf['speedup']:.1f}x the original procedure (extrapolated).",
             ]
+    if "compiled" in results and "end_to_end" not in results.get("inference", {}).get("ours", {}):
+        c = results["compiled"]  # measured without the eager end to end (another run, or its section failed)
+        lines += ["", "## One video, compiled", "", f"With `--compile` (UNet and decoder): **{fmt_s(c['latency'])}** for one "
+                  f"video; {fmt_s(c['per_video_overlapped'])} per video back to back. Compiling took "
+                  f"{fmt_s(c['first_videos_seconds'])} (the first video)."]  # fmt: skip
     if "unet" in results:
         lines += [
             "",
@@ -793,9 +941,47 @@ def report_markdown(results: dict) -> str:
         lines += ["", "## Inference peak memory (one video)", "", "| settings | peak | time (2 steps) |", "| --- | ---: | ---: |"]
         for name, r in results["memory"].items():
             lines.append(f"| {name} | {r['peak_memory_mb'] / 1024:.2f} GiB | {fmt_s(r['seconds_2_steps'])} |")
+    if "offload" in results:
+        lines += offload_markdown(results["offload"])
+    if "sync" in results:
+        lines += sync_markdown(results["sync"])
     for name, error in results.get("errors", {}).items():
-        lines += ["", f"Section `{name}` failed: `{error}`"]
+        lines += ["", f"Section `{name}` did not finish: `{error}`"]
+        if name in results.get("partial", {}):
+            lines += ["", f"What it had measured: `{json.dumps(results['partial'][name], default=str)}`"]
     return "\n".join(lines) + "\n"
+
+
+def offload_markdown(rows: dict) -> list[str]:
+    first = next(iter(rows.values()))
+    peak = "peak" if first["memory"] == "cuda_max_allocated" else "process peak RSS (since it started)"
+    lines = ["", f"## Offloading (one whole video, {first['steps']} steps)", ""]
+    lines += [f"| settings | {peak} | time | time vs default |", "| --- | ---: | ---: | ---: |"]
+    base = next((r["seconds"] for r in rows.values() if r["offload"] == "none"), None)
+    for name, r in rows.items():
+        ratio = f"{r['seconds'] / base:.2f}x" if base else "-"
+        lines.append(f"| {name} | {r['peak_memory_mb'] / 1024:.2f} GiB | {fmt_s(r['seconds'])} | {ratio} |")
+    return lines
+
+
+def sync_markdown(r: dict) -> list[str]:
+    check = r["sync_check"]
+    lines = ["", f"## Host synchronisation in the sampling loop ({r['sampler']} {r['steps']} steps)", ""]
+    if not check["applicable"]:
+        lines.append(f"- sync check: {check['why']}")
+    elif check["syncs"] == 0:
+        lines.append("- **no synchronising CUDA call** in `FashionFlowPipeline.denoise` (`torch.cuda.set_sync_debug_mode`)")
+    else:
+        lines.append(f"- **{check['syncs']} synchronising CUDA calls** in `FashionFlowPipeline.denoise` "
+                     f"({check['syncs'] / r['steps']:.1f} per step; `torch.cuda.set_sync_debug_mode`), made at:")  # fmt: skip
+        lines += [f"  - `{where}`: {n}" for where, n in check["where"].items()]
+    if "loop_seconds" in r:
+        lines.append(
+            f"- denoise {fmt_s(r['loop_seconds'])}, the same UNet calls back to back {fmt_s(r['unet_calls_seconds'])}: "
+            f"the loop costs **{fmt_s(r['overhead_per_step'])} per step**; denoise handed control back to the host after "
+            f"{fmt_s(r['host_back_after_seconds'])}"
+        )
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -809,22 +995,43 @@ def main(argv=None) -> dict:
     if unknown:
         raise SystemExit(f"unknown sections {unknown}; choose from {SECTIONS}")
     bench = Bench(args)
-    results = {"errors": {}}
+    results = {"errors": {}, "partial": {}}
     runners = {name: globals()[f"section_{name}"] for name in SECTIONS}
-    for name in sections:
-        print(f"== {name}", flush=True)
-        start = time.perf_counter()
-        try:
-            results[name] = runners[name](bench)
-        except Exception as error:  # one failing section must not cost the others' figures
-            results["errors"][name] = f"{type(error).__name__}: {error}"[:500]
-            print(f"section {name} failed: {results['errors'][name]}", flush=True)
-        print(f"   {time.perf_counter() - start:.1f} s", flush=True)
-        if args.json:  # after every section, so a run cut short keeps what it measured
-            write_outputs(bench, results, sections, args)
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        for name in sections:
+            print(f"== {name}", flush=True)
+            start = time.perf_counter()
+            try:
+                results[name] = runners[name](bench)
+            except Exception as error:  # one failing section must not cost the others' figures
+                results["errors"][name] = f"{type(error).__name__}: {error}"[:500]
+                print(f"section {name} failed: {results['errors'][name]}", flush=True)
+            except Stopped:
+                results["errors"][name] = f"stopped by SIGTERM (a time limit) after {time.perf_counter() - start:.0f} s"
+                print(f"section {name}: {results['errors'][name]}", flush=True)
+            if name in results["errors"] and bench.partial.get(name):
+                results["partial"][name] = bench.partial[name]
+            print(f"   {time.perf_counter() - start:.1f} s", flush=True)
+            if args.json or args.report:  # after every section, so a run cut short keeps what it measured
+                write_outputs(bench, results, sections, args)
+            if name in results["errors"] and results["errors"][name].startswith("stopped"):
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     write_outputs(bench, results, sections, args)
     print(report_markdown(with_meta(bench, results, args)))
     return results
+
+
+class Stopped(BaseException):
+    """SIGTERM during a section (bench/gpu_suite.sh's time limit): a BaseException, so that no section's own
+    `except Exception` swallows it."""
+
+
+def stop_on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the figures are being written
+    raise Stopped()
 
 
 def with_meta(bench: Bench, results: dict, args) -> dict:
@@ -846,13 +1053,38 @@ def with_meta(bench: Bench, results: dict, args) -> dict:
 def write_outputs(bench: Bench, results: dict, sections, args) -> None:
     results = with_meta(bench, results, args)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        write_atomically(Path(args.json), json.dumps(results, indent=1, default=str))
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(report_markdown(results))
+        write_atomically(Path(args.report), report_markdown(results))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A reader (or a kill midway) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def merge_results(runs: list[dict]) -> dict:
+    """Several runs' JSON (bench/gpu_suite.sh runs sections in separate processes) as one, for report_markdown:
+    the sections of all, the meta of the first with every run's command and matrix peak."""
+    merged = {"errors": {}, "partial": {}}
+    metas = [run["meta"] for run in runs if "meta" in run]
+    for run in runs:
+        for key, value in run.items():
+            if key in ("errors", "partial"):
+                merged[key].update(value)
+            elif key != "meta":
+                merged[key] = value
+    if metas:
+        merged["meta"] = {
+            **metas[0],
+            "commands": [m["command"] for m in metas],
+            "matmul_peak": {k: v for m in metas for k, v in m["matmul_peak"].items()},
+        }
+    return merged
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(1 if main()["errors"] else 0)
