@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # 1-GPU NCCL torchrun training on the tiny preset: 4 steps with a checkpoint every 2, then the same command
 # with --max_steps 8 must resume at step 4 and finish at step 8. Prints PASS or FAIL lines; exit 1 on failure.
+# DEVICE=cpu runs the same check over gloo (models/distributed.py: NCCL on GPUs, gloo on the CPU), as the suite's
+# dry run does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,15 +29,16 @@ train() {
 train --max_steps 4 2>&1 | tee "$work/first.log"
 train --max_steps 8 2>&1 | tee "$work/second.log"
 
-"$PY" - "$work" <<'PYEOF'
+"$PY" - "$work" "${DEVICE:-cuda}" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 work = Path(sys.argv[1])
+backend = "nccl" if sys.argv[2].startswith("cuda") else "gloo"
 summary = json.loads((work / "checkpoint" / "train_summary.json").read_text())
 first, second = ((work / name).read_text() for name in ("first.log", "second.log"))
 checks = {
-    "DDP over an NCCL process group": "(nccl)" in first,
+    f"DDP over a process group ({backend})": f"({backend})" in first,
     "the second run resumed from the first run's step-4 checkpoint": "resuming from" in second and "at step 4" in second,
     f"finished at step {summary.get('step')} (expected 8), last loss {summary.get('loss')}": summary.get("step") == 8,
     "checkpoints step 2, 4, 6, 8 written": all((work / "checkpoint" / f"step_{s:07d}.pth").is_file() for s in (2, 4, 6, 8)),

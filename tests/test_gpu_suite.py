@@ -1,0 +1,128 @@
+"""The GPU suite's rot check: bench/gpu_suite.sh runs every part on the CPU (`DRY_RUN=1`), so a lent GPU session
+cannot lose its few minutes to a bash or Python error in the suite; and the pieces a CPU cannot reach (the sync
+check's CUDA path, a part stopped by its limit, the report of what still waits) run here against stand-ins."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_paper  # noqa: E402
+import gpu_suite_report  # noqa: E402
+
+PARTS = ("inference", "compiled", "torchrun", "offload_sync", "golden_test", "sharded_inference", "paper")
+
+
+@pytest.mark.gpu_suite
+def test_dry_run_runs_every_part_of_the_gpu_suite_on_the_cpu(tmp_path):
+    raw = tmp_path / "raw"
+    results_before = sorted(p.name for p in (ROOT / "bench" / "results").iterdir())
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "OUT": str(raw)}
+    done = subprocess.run(["bash", "bench/gpu_suite.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    status = gpu_suite_report.read_status(raw)
+    assert list(status) and set(status) == set(PARTS), status
+    assert all(s["rc"] == "0" for s in status.values()), status
+    report = (raw / "gpu_dry_run.md").read_text()
+    assert report.startswith("# GPU suite dry run") and "**NO**" not in report
+    assert report.count("- yes: ") == len(gpu_suite_report.WAITING)
+    assert sorted(p.name for p in (ROOT / "bench" / "results").iterdir()) == results_before  # nothing written there
+
+    for part in ("inference", "compiled", "offload_sync", "paper"):
+        assert json.loads((raw / f"paper_{part}.json").read_text())["errors"] == {}, part
+    offload = json.loads((raw / "paper_offload_sync.json").read_text())
+    assert {row["offload"] for row in offload["offload"].values()} == {"none", "encoders", "model"}
+    assert offload["sync"]["sync_check"]["applicable"] is False and offload["sync"]["loop_seconds"] > 0
+    assert "PASS: DDP over a process group (gloo)" in (raw / "torchrun.log").read_text()
+    assert "## Offloading (one whole video, 4 steps)" in report and "## Host synchronisation" in report
+
+
+def test_sync_check_counts_each_synchronising_call_by_the_line_of_ours_that_made_it(monkeypatch):
+    """The CUDA path of section_sync on the CPU: torch.cuda's sync debug mode stood in for, its warning raised
+    from a function that lives in models/ (as the sampler's would) and from elsewhere."""
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    source = "import warnings\ndef step():\n    warnings.warn('called a synchronizing CUDA operation')\n"
+    module = types.ModuleType("fake_sampler")
+    exec(compile(source, str(ROOT / "models" / "fake_sampler.py"), "exec"), module.__dict__)
+
+    def loop():
+        for _ in range(3):
+            module.step()
+        warnings.warn("called a synchronizing CUDA operation", stacklevel=1)  # not in models/: counted where made
+        warnings.warn("something else", stacklevel=1)  # not a sync: shown as usual
+
+    with pytest.warns(UserWarning, match="something else"):
+        found = bench_paper.sync_calls(loop)
+    assert modes == ["warn", 0]  # on, then back to what it was
+    assert found["applicable"] and found["syncs"] == 4
+    assert found["where"]["models/fake_sampler.py:3"] == 3
+    assert [k for k in found["where"] if k.startswith("tests/test_gpu_suite.py:")], found
+    text = "\n".join(bench_paper.sync_markdown({"sampler": "ddpm", "steps": 3, "sync_check": found}))
+    assert "**4 synchronising CUDA calls**" in text and "`models/fake_sampler.py:3`: 3" in text
+    clean = {"sampler": "ddpm", "steps": 3, "sync_check": {"applicable": True, "syncs": 0, "where": {}}}
+    assert "**no synchronising CUDA call**" in "\n".join(bench_paper.sync_markdown(clean))
+
+
+def test_a_section_stopped_by_sigterm_keeps_what_it_measured(monkeypatch, tmp_path):
+    """gpu_suite.sh's time limit sends SIGTERM: the running section ends as 'stopped', its partial figures and the
+    sections before it are written, and the ones after it do not start."""
+    bench = types.SimpleNamespace(
+        device=torch.device("cpu"), frames=8, pipeline=types.SimpleNamespace(image_size=(64, 48)), flops={}, peaks={}, partial={}
+    )  # fmt: skip
+    monkeypatch.setattr(bench_paper, "Bench", lambda args: bench)
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def offload(b):
+        b.partial["offload"] = {"default": {"offload": "none", "peak_memory_mb": 1.0, "seconds": 1.0, "steps": 4}}
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the section")
+
+    def sync(b):
+        raise AssertionError("a section after a stopped one ran")
+
+    monkeypatch.setattr(bench_paper, "section_golden", lambda b: {"skipped": "not here"})
+    monkeypatch.setattr(bench_paper, "section_offload", offload)
+    monkeypatch.setattr(bench_paper, "section_sync", sync)
+    out = tmp_path / "figures.json"
+    results = bench_paper.main(
+        ["--smoke", "--sections", "golden,offload,sync", "--json", str(out), "--report", str(tmp_path / "r.md")]
+    )
+    assert results["errors"]["offload"].startswith("stopped by SIGTERM") and "sync" not in results["errors"]
+    written = json.loads(out.read_text())
+    assert written["golden"] == {"skipped": "not here"} and written["partial"]["offload"]["default"]["seconds"] == 1.0
+    assert "What it had measured" in (tmp_path / "r.md").read_text()
+    assert signal.getsignal(signal.SIGTERM) == handler  # put back
+
+
+def test_the_report_says_which_figures_still_wait_and_why(tmp_path):
+    rows = [
+        ("inference", "0", 60, 120),
+        ("compiled", "124", 210, 210),
+        ("torchrun", "1", 30, 100),
+        ("offload_sync", "skipped", 0, 90),
+    ]
+    (tmp_path / "status.tsv").write_text("".join("\t".join(map(str, row)) + "\n" for row in rows))
+    (tmp_path / "torchrun.log").write_text("PASS: a\nFAIL: DDP over a process group (nccl)\n")
+    out = tmp_path / "gpu_test.md"
+    assert gpu_suite_report.main(["--raw", str(tmp_path), "--out", str(out), "--order", " ".join(PARTS)]) == 0
+    text = out.read_text()
+    waiting = text.split("## Still waiting for a GPU after this run")[1].split("\n## ")[0]
+    assert "eager end to end" in waiting and "ran (ok, 60 s (limit 120 s)) without producing it" in waiting
+    assert "part `compiled` stopped by its time limit of 210 s" in waiting
+    assert "part `torchrun` failed (exit 1)" in waiting
+    assert "part `offload_sync` skipped: too little of the 480 s budget was left" in waiting
+    assert "part `sharded_inference` not run (not in PARTS)" in waiting
+    assert "- FAIL: DDP over a process group (nccl)" in text
