@@ -71,7 +71,7 @@ elif [ "$device" = none ]; then
   echo "gpu_suite.sh: no CUDA device visible to $PY; run it on a GPU machine (or DRY_RUN=1 to check the suite on the CPU)" >&2
   exit 2
 else
-  report=bench/results/gpu_${device}.md
+  report=${REPORT:-bench/results/gpu_${device}.md}
   standins=${STANDINS:-/tmp/fashionflow_standins}
   paper_flags=(--device cuda --encoders "$standins")
   golden_flags=()

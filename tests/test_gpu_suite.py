@@ -126,3 +126,52 @@ def test_the_report_says_which_figures_still_wait_and_why(tmp_path):
     assert "part `offload_sync` skipped: too little of the 480 s budget was left" in waiting
     assert "part `sharded_inference` not run (not in PARTS)" in waiting
     assert "- FAIL: DDP over a process group (nccl)" in text
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# records each command; answers the suite's probe as a 1-GPU machine would; writes the report it is asked for
+echo "$*" >>"$CALLS"
+case "$1" in
+  -c) printf 'H100_80GB_HBM3 1\\ntorch 2.11.0 cuda 13.0 diffusers 0.42.1 transformers 5.17.0\\n' ;;
+  bench/gpu_suite_report.py) while [ $# -gt 0 ]; do [ "$1" = --out ] && echo report >"$2"; shift; done ;;
+esac
+"""
+
+
+def test_on_a_gpu_the_suite_runs_its_parts_in_order_with_the_gpu_flags(tmp_path):
+    """The branch a dry run cannot take, with a stand-in python that records what it is asked to run."""
+    bin_dir, raw, calls = tmp_path / "bin", tmp_path / "raw", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    for name, text in (("python", FAKE_PYTHON), ("nvidia-smi", "#!/usr/bin/env bash\necho 'H100 80GB HBM3, 81559 MiB'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PYTHON": str(bin_dir / "python"), "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(raw)}
+    env |= {"CALLS": str(calls), "STANDINS": str(tmp_path / "standins"), "REPORT": str(tmp_path / "gpu.md")}
+    done = subprocess.run(["bash", "bench/gpu_suite.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(gpu_suite_report.read_status(raw)) == ["standins", *PARTS]
+    ran = calls.read_text().splitlines()
+    paper = f"bench/bench_paper.py --device cuda --encoders {tmp_path / 'standins'} --sections"
+    expected = [
+        "-m models.standins --output_dir " + str(tmp_path / "standins"),
+        f"{paper} inference --json {raw}/paper_inference.json",
+        f"{paper} compiled --compile --json {raw}/paper_compiled.json",
+        "--device cuda --no_progress",  # gpu_torchrun.sh's projection
+        "-m torch.distributed.run --standalone --nproc_per_node=1 train.py",
+        f"{paper} offload,sync --json {raw}/paper_offload_sync.json",
+        "-m pytest -q -p no:cacheprovider tests/test_model.py -k golden",
+        f"bench/bench_inference_sharded.py --device cuda --processes 2 --photos 32 --repeats 1 --out {raw}/inference_sharded.md",
+        f"{paper} memory,sdpa,golden,decoder,unet,train --compile --max_train_batch 32 --json {raw}/paper_paper.json",
+        f"bench/gpu_suite_report.py --raw {raw} --out {tmp_path / 'gpu.md'}",
+    ]
+    at = [next((i for i, line in enumerate(ran) if want in line), None) for want in expected]
+    assert None not in at and at == sorted(at), list(zip(expected, at))
+    assert (raw / "gpu.md").is_file() and "H100 80GB HBM3" in (raw / "environment.txt").read_text()
+
+    calls.unlink()
+    env |= {"BUDGET": "30", "PARTS": "inference torchrun"}  # 10 s left after the report's share: every part skipped
+    done = subprocess.run(["bash", "bench/gpu_suite.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    status = {k: v["rc"] for k, v in gpu_suite_report.read_status(raw).items()}
+    assert status == {"standins": "skipped", "inference": "skipped", "torchrun": "skipped"}
+    assert not [line for line in calls.read_text().splitlines() if "bench_paper" in line or "train.py" in line]
