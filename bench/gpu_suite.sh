@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RAW=${OUT:-$(mktemp -d)}
 DRY_RUN=${DRY_RUN:-0}
+at_once=1  # parts run one at a time (a dry run: DRY_RUN_JOBS)
 SLOWER=$([ "$DRY_RUN" = 1 ] && echo 3 || echo 1)  # a shared CPU's slack on the limits: a dry run checks that parts run
 BUDGET=${BUDGET:-$((480 * SLOWER))}
 ORDER="inference compiled torchrun offload_sync golden_test sharded_inference paper"
@@ -39,9 +40,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ "$DRY_RUN" = 1 ]; then
   # timings mean nothing here: one thread a process (shared CPU cores run several times faster so), torch.compile's
   # wrappers without compiling (building the tiny UNet alone takes minutes on a 2-core CPU), no paper-size golden
-  # case in bench_paper.py (a minute on such a CPU; its skip path runs), and parts side by side, JOBS at a time
+  # case in bench_paper.py (a minute on such a CPU; its skip path runs), and parts side by side, DRY_RUN_JOBS at a time
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TORCH_COMPILE_DISABLE=1 FASHIONFLOW_SHARED=$RAW/no_shared_reference
-  JOBS=${JOBS:-2}
+  at_once=${DRY_RUN_JOBS:-2}
   dev=cpu
   [ -d .whl ] && echo "gpu_suite.sh: dry run: the wheels in .whl/ are not installed"
 elif compgen -G ".whl/*.whl" >/dev/null; then
@@ -66,7 +67,7 @@ if [ "$DRY_RUN" = 1 ]; then
   report=$RAW/gpu_dry_run.md
   paper_flags=(--device cpu --smoke --repeats 1)
   golden_flags=(--collect-only)  # the paper-size golden case takes a minute on this CPU; on CUDA, seconds
-  sharded_flags=(--device cpu --processes 2 --photos 2 --repeats 1 --steps 2)
+  sharded_flags=(--device cpu --processes 2 --photos 2 --repeats 1 --steps 2 --threads 1)
 elif [ "$device" = none ]; then
   echo "gpu_suite.sh: no CUDA device visible to $PY; run it on a GPU machine (or DRY_RUN=1 to check the suite on the CPU)" >&2
   exit 2
@@ -84,8 +85,8 @@ fi
 
 part() {  # part NAME SECONDS COMMAND...: run with a limit (cut to the budget left), log to $RAW/NAME.log, record
   case " $PARTS " in *" $1 "*) ;; *) return 0 ;; esac
-  if [ "${JOBS:-1}" -gt 1 ]; then  # dry run: in the background, at most JOBS at a time
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  if [ "$at_once" -gt 1 ]; then  # dry run: in the background, at most $at_once at a time
+    while [ "$(jobs -rp | wc -l)" -ge "$at_once" ]; do wait -n; done
     run_part "$@" &
   else
     run_part "$@"
