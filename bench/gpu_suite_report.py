@@ -54,15 +54,20 @@ def paper_results(raw: Path) -> tuple[dict, list[str]]:
 
 
 def produced(key: str, results: dict, status: dict) -> bool:
-    """Whether this run produced the figure `key` of WAITING (on whatever device it ran)."""
+    """Whether this run produced the figure `key` of WAITING (on whatever device it ran), in a finished section or
+    in what a stopped one had measured."""
+
+    def section(name: str) -> dict:
+        return results.get(name) or results.get("partial", {}).get(name, {})
+
     if key == "eager":
-        return "end_to_end" in results.get("inference", {}).get("ours", {})
+        return "end_to_end" in section("inference").get("ours", {})
     if key == "compiled":
-        return "compiled" in results
+        return bool(section("compiled"))
     if key == "offload":
-        return any(row.get("offload") == "model" for row in results.get("offload", {}).values())
+        return any(row.get("offload") == "model" for row in section("offload").values())
     if key == "sync":
-        return "sync_check" in results.get("sync", {})
+        return "sync_check" in section("sync")
     part = {"torchrun": "torchrun", "sharded": "sharded_inference"}[key]
     return status.get(part, {}).get("rc") == "0"
 

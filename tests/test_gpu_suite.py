@@ -110,20 +110,23 @@ def test_a_section_stopped_by_sigterm_keeps_what_it_measured(monkeypatch, tmp_pa
 def test_the_report_says_which_figures_still_wait_and_why(tmp_path):
     rows = [
         ("inference", "0", 60, 120),
-        ("compiled", "124", 210, 210),
+        ("compiled", "skipped", 0, 210),
         ("torchrun", "1", 30, 100),
-        ("offload_sync", "skipped", 0, 90),
+        ("offload_sync", "124", 90, 90),
     ]
     (tmp_path / "status.tsv").write_text("".join("\t".join(map(str, row)) + "\n" for row in rows))
     (tmp_path / "torchrun.log").write_text("PASS: a\nFAIL: DDP over a process group (nccl)\n")
+    stopped = {"errors": {"sync": "stopped by SIGTERM (a time limit) after 50 s"}, "partial": {"sync": {"sync_check": {}}}}
+    (tmp_path / "paper_offload_sync.json").write_text(json.dumps(stopped))  # no meta: the run died before its first write
     out = tmp_path / "gpu_test.md"
     assert gpu_suite_report.main(["--raw", str(tmp_path), "--out", str(out), "--order", " ".join(PARTS)]) == 0
     text = out.read_text()
     waiting = text.split("## Still waiting for a GPU after this run")[1].split("\n## ")[0]
     assert "eager end to end" in waiting and "ran (ok, 60 s (limit 120 s)) without producing it" in waiting
-    assert "part `compiled` stopped by its time limit of 210 s" in waiting
+    assert "part `compiled` skipped: too little of the 480 s budget was left" in waiting
     assert "part `torchrun` failed (exit 1)" in waiting
-    assert "part `offload_sync` skipped: too little of the 480 s budget was left" in waiting
+    assert "one video: part `offload_sync` stopped by its time limit of 90 s" in waiting  # the offload figure
+    assert "Measured in this run: whether the sampling loop synchronises" in waiting  # before its section was stopped
     assert "part `sharded_inference` not run (not in PARTS)" in waiting
     assert "- FAIL: DDP over a process group (nccl)" in text
 
