@@ -1,5 +1,6 @@
 """Paper-scale tooling on the CPU: stand-in encoders, half-precision weights, low-memory and compile-friendly
-decoding, overlapped writing, the launcher's process group, and the paper bench's smoke run."""
+decoding, overlapped writing, the launcher's process group. The paper bench's smoke run is part of the GPU suite's
+dry run (tests/test_gpu_suite.py)."""
 
 import json
 import socket
@@ -172,26 +173,6 @@ def test_a_launcher_gets_a_process_group_even_for_one_process(monkeypatch):
         monkeypatch.delenv(key)
     plain = setup_distributed("cpu")
     assert not plain.distributed and plain.backend is None
-
-
-def test_paper_bench_smoke_runs_every_cpu_section(tmp_path):
-    """bench/bench_paper.py --smoke: the bench's own code at tiny sizes, so it cannot rot between GPU sessions."""
-    out = tmp_path / "smoke.json"
-    command = [sys.executable, "bench/bench_paper.py", "--smoke", "--sections", "inference,memory,decoder,train",
-               "--repeats", "1", "--json", str(out), "--report", str(tmp_path / "smoke.md")]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())
-    assert results["errors"] == {}
-    ours, original = results["inference"]["ours"], results["inference"]["original"]
-    assert ours["steps"] == 4 and original["steps"] == 50 and original["extrapolated"]
-    assert all(ours[k] > 0 for k in ("clip", "vae_encode", "unet_call", "vae_decode", "mp4"))
-    assert ours["end_to_end"]["latency"] > 0 and results["inference"]["speedup"] > 0
-    assert results["meta"]["flops"]["unet_call"] > 0 and results["meta"]["smoke"] is True
-    assert all(r["psnr_vs_fp32_db"] > 20 for r in results["decoder"].values())
-    assert {k for k in results["train"]} == {"original: fp32, no checkpointing, batch 2", "ours: bf16 + checkpointing, batch 2"}
-    assert all(r["peak_memory_mb"] > 0 for r in results["memory"].values())
-    assert "## One video" in (tmp_path / "smoke.md").read_text()
 
 
 def test_bench_reports_are_printed_and_written_where_asked(tmp_path, capsys):
