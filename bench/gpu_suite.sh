@@ -138,5 +138,6 @@ wait  # for the parts of a dry run still in the background
   --seconds $(($(date +%s) - start)) $([ "$DRY_RUN" = 1 ] && echo --dry_run) || exit 1
 [ "$report" -ef "$RAW/$(basename "$report")" ] || cp "$report" "$RAW/"
 echo "wrote $report"
+awk 'NR > 3 && (/^## / || /^`/) { exit } NR >= 3' "$report"  # what still waits, for a console that shows the end
 # failed: a part that exited non-zero; in a dry run also one skipped for want of time
 awk -F'\t' -v dry="$DRY_RUN" '$2 != 0 && ($2 != "skipped" || dry == 1) { bad = 1 } END { exit bad }' "$RAW/status.tsv"
