@@ -5,7 +5,7 @@
 # order and the time plan). A failing or stopped part does not stop the others, and what a part measured before
 # its limit stays (bench_paper.py writes its figures after every section).
 #
-#   bash bench/gpu_suite.sh                 # -> bench/results/gpu_<device>.md (+ raw JSON and logs in $OUT, if set)
+#   bash bench/gpu_suite.sh                 # -> bench/results/gpu_<device>_<date-time>.md (+ raw JSON and logs in $OUT, if set)
 #   PARTS="paper" SECTIONS=decoder,compiled bash bench/gpu_suite.sh   # some parts again; SECTIONS: the paper part's
 #   DRY_RUN=1 bash bench/gpu_suite.sh       # the suite's rot check on the CPU (tests/test_gpu_suite.py): every part
 #                                           # at smoke sizes, the report in $OUT or a temporary folder, never in
@@ -72,7 +72,7 @@ elif [ "$device" = none ]; then
   echo "gpu_suite.sh: no CUDA device visible to $PY; run it on a GPU machine (or DRY_RUN=1 to check the suite on the CPU)" >&2
   exit 2
 else
-  report=${REPORT:-bench/results/gpu_${device}.md}
+  report=${REPORT:-bench/results/gpu_${device}_$(date -u +%Y%m%d-%H%M).md}  # dated: never over an earlier, annotated report
   standins=${STANDINS:-/tmp/fashionflow_standins}
   paper_flags=(--device cuda --encoders "$standins")
   golden_flags=()
