@@ -55,6 +55,7 @@ def start_frame_arg(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.compiling import COMPILE_MODES
     from models.config import PRECISIONS
     from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_STEPS
     from models.video_io import RESIZE_MODES
@@ -140,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep fp32 weights and run --precision under autocast, as the original did (slower)",
     )
     p.add_argument(
-        "--compile", action="store_true", help="torch.compile the UNet and the VAE decoder (pays off over many videos)"
+        "--compile",
+        nargs="?",
+        const=COMPILE_MODES[0],
+        choices=COMPILE_MODES,
+        default=None,
+        help="torch.compile the UNet and the VAE decoder (pays off over many videos): each network whole "
+        f"('{COMPILE_MODES[0]}', the default) or their repeated blocks ('regional')",
     )
     p.add_argument(
         "--low_memory",

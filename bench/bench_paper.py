@@ -12,8 +12,10 @@ and memory are real). Sections:
   phase by phase (CLIP, VAE encode, each UNet call, VAE decode, mp4), then end to end; the original
   procedure (1000 DDPM steps under fp16 autocast over fp32 weights, every frame decoded on its own in fp32)
   timed for a few steps and frames and extrapolated, labelled so.
-- unet: one UNet call in fp32, the original's fp16 autocast, fp16 and bf16 weights, ours + torch.compile.
-- decoder: frames decoded the original's way and ours, with PSNR of half-precision decodes against fp32.
+- unet: one UNet call in fp32, the original's fp16 autocast, fp16 and bf16 weights; with --compile, ours compiled
+  whole and region by region (bench/bench_compile.py, each in a fresh process with an empty cache).
+- decoder: frames decoded the original's way and ours, with PSNR of half-precision decodes against fp32; with
+  --compile, compiled whole and region by region as for the UNet.
 - sdpa: which attention kernels a UNet call runs.
 - golden: the golden test case of ../shared/reference on this device, error in fp32 / bf16 / fp16.
 - train: one optimizer step at batch 2 x 70 frames, original settings (fp32, no checkpointing) against ours
@@ -24,7 +26,8 @@ and memory are real). Sections:
 - sync: whether the sampling loop waits for the GPU (one `FashionFlowPipeline.denoise` under
   `torch.cuda.set_sync_debug_mode`, each synchronising call counted by where our code made it), and the loop's
   overhead against the same UNet calls back to back.
-- compiled (with --compile): end to end with the UNet and the decoder compiled.
+- compiled (with --compile): end to end with the UNet and the decoder compiled (inference.py --compile full, then
+  --compile regional, in this process: the second compiles with the first's kernels cached).
 
 Figures are written after every section (--json, --report). A SIGTERM (the time limit of bench/gpu_suite.sh)
 ends the section running, records it as stopped along with what it had measured, and writes them; the exit
@@ -351,18 +354,34 @@ def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None =
 
 
 def section_compiled(bench: Bench) -> dict:
-    """End to end with the UNet and the decoder compiled (inference.py --compile); the first video compiles."""
+    """End to end with the UNet and the decoder compiled (inference.py --compile), per mode; the first video compiles.
+
+    'full' first, as its wrappers can be taken off again; 'regional' compiles the blocks in place, for good.
+    """
     steps = DEFAULT_STEPS if not bench.args.smoke else 4
     pipeline = bench.ours()
     unet, decoder = pipeline.unet, pipeline.encoders.vae.decoder
-    pipeline.compile()
-    try:
-        start = time.perf_counter()
-        end_to_end_seconds(bench, pipeline, steps, repeats=1)
-        first = time.perf_counter() - start
-        return {**end_to_end_seconds(bench, pipeline, steps), "first_videos_seconds": first}
-    finally:
-        pipeline.unet, pipeline.encoders.vae.decoder = unet, decoder
+    results = bench.partial.setdefault("compiled", {})  # mode by mode: a run stopped in 'regional' keeps 'full'
+    for mode in ("full", "regional"):
+        torch.compiler.reset()
+        pipeline.compile(regional=mode == "regional")
+        try:
+            start = time.perf_counter()
+            end_to_end_seconds(bench, pipeline, steps, repeats=1)
+            first = time.perf_counter() - start
+            results[mode] = {**end_to_end_seconds(bench, pipeline, steps), "first_videos_seconds": first}
+        finally:
+            pipeline.unet, pipeline.encoders.vae.decoder = unet, decoder
+    return results
+
+
+def compiled_in_fresh_process(bench: Bench, network: str, mode: str, repeats: int, **options) -> dict:
+    """bench/bench_compile.py's measurement of `network` at this bench's size, device and precision: compile seconds
+    on an empty cache, graphs, seconds per call compiled and eager."""
+    from bench_compile import run_worker
+
+    size = "tiny" if bench.args.smoke else "paper"
+    return run_worker(network, size, mode, device=str(bench.device), calls=repeats, precision=bench.precision, **options)
 
 
 def section_unet(bench: Bench) -> dict:
@@ -387,20 +406,14 @@ def section_unet(bench: Bench) -> dict:
                 "seconds": seconds,
                 "utilisation": bench.utilisation(bench.flops["unet_call"], seconds, HALF.get(precision, torch.float32)),
             }
-        if bench.args.compile:
-            dtype = bench.dtype(bench.precision)
-            unet, xd, cd = pipeline.unet.to(dev, dtype), x.to(dtype), context.to(dtype)
-            compiled = torch.compile(unet)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                compiled(xd, cd, timestep=t)
-                synchronize(dev)
-                compile_seconds = time.perf_counter() - start
-                seconds = median_seconds(dev, lambda: compiled(xd, cd, timestep=t), repeats=repeats)
-            results[f"{bench.precision} weights + torch.compile"] = {
-                "seconds": seconds,
-                "compile_seconds": compile_seconds,
-                "utilisation": bench.utilisation(bench.flops["unet_call"], seconds, dtype),
+        for mode in ("full", "regional") if bench.args.compile else ():
+            r = compiled_in_fresh_process(bench, "unet", mode, repeats)
+            results[f"{bench.precision} weights + torch.compile, {mode}"] = {
+                "seconds": r["seconds_per_call"],
+                "compile_seconds": r["compile_seconds"],
+                "graphs": r["graphs"],
+                "eager_seconds_same_process": r["eager_seconds_per_call"],
+                "utilisation": bench.utilisation(bench.flops["unet_call"], r["seconds_per_call"], bench.dtype(bench.precision)),
             }
     finally:
         pipeline.unet.float()
@@ -455,7 +468,7 @@ def section_decoder(bench: Bench) -> dict:
             results[name] = entry
             del vae
         if args.compile:
-            results.update(compiled_decoder(bench, latents, frames, repeats, reference))
+            results.update(compiled_decoder(bench, repeats))
     finally:
         pipeline.encoders.vae.float().to(memory_format=torch.contiguous_format)
     base = results["original: fp32, 1 frame per call"]["seconds_per_frame"]
@@ -475,30 +488,21 @@ def true_fp32_decode(pipeline, latents, chunk: int) -> torch.Tensor:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
-def compiled_decoder(bench: Bench, latents, frames: int, repeats: int, reference: torch.Tensor) -> dict:
-    pipeline, dev = bench.pipeline, bench.device
+def compiled_decoder(bench: Bench, repeats: int) -> dict:
+    """The decoder compiled whole and region by region (fresh processes), channels_last as our fastest eager decode."""
     dtype = bench.dtype(bench.precision)
-    vae = nn.Module.to(pipeline.encoders.vae, dev, dtype).to(memory_format=torch.channels_last)
-    eager = vae.decoder
-    vae.decoder = torch.compile(eager)
-    try:
-        start = time.perf_counter()
-        pipeline.decode_latents(latents.to(dev), frames)
-        synchronize(dev)
-        compile_seconds = time.perf_counter() - start
-        seconds = median_seconds(dev, lambda: pipeline.decode_latents(latents.to(dev), frames), repeats=repeats, warmup=0)
-        video = pipeline.decode_latents(latents.to(dev), frames)
-    finally:
-        vae.decoder = eager
-    return {
-        f"{bench.precision} weights, {frames} per call, channels_last + torch.compile": {
+    results = {}
+    for mode in ("full", "regional"):
+        r = compiled_in_fresh_process(bench, "decoder", mode, repeats, channels_last=True)
+        frames, seconds = r["calls_per_run"], r["seconds_per_call"]
+        results[f"{bench.precision} weights, {frames} per call, channels_last + torch.compile, {mode}"] = {
             "seconds_per_frame": seconds / frames,
-            "compile_seconds": compile_seconds,
-            "psnr_vs_fp32_db": psnr(video, reference),
-            "finite": bool(torch.isfinite(video).all()),
+            "compile_seconds": r["compile_seconds"],
+            "graphs": r["graphs"],
+            "max_error_vs_eager_rel": r["max_error_rel"],
             "utilisation": bench.utilisation(bench.flops["vae_decode_frame"] * frames, seconds, dtype),
         }
-    }
+    return results
 
 
 def section_sdpa(bench: Bench) -> dict:
@@ -807,6 +811,13 @@ def fmt_s(x: float) -> str:
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s" if x < 600 else f"{x / 60:.1f} min"
 
 
+def compile_note(r: dict) -> str:
+    """What a compiled variant's row adds to its name: compile time on an empty cache and graphs compiled."""
+    if "compile_seconds" not in r:
+        return ""
+    return f" (compiling took {r['compile_seconds']:.0f} s, {r['graphs']} graph{'s' if r['graphs'] != 1 else ''})"
+
+
 def report_markdown(results: dict) -> str:
     meta = results["meta"]
     commands = ", ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]]))  # several: merged runs
@@ -857,12 +868,12 @@ def report_markdown(results: dict) -> str:
                       f"{inf['video_seconds']:.1f} s clip on its own (median of {e2e['videos']}), "
                       f"**{inf['speedup']:.1f}x** the original procedure; {fmt_s(e2e['per_video_overlapped'])} per video "
                       "back to back, the mp4 encoding overlapping the next video as in inference.py."]  # fmt: skip
-            if "compiled" in results:
-                c = results["compiled"]
-                lines += ["", f"With `--compile` (UNet and decoder): **{fmt_s(c['latency'])}** for one video, "
+            for mode, c in results.get("compiled", {}).items():
+                after = " (after `full` in the same process, its kernels cached)" if mode == "regional" else ""
+                lines += ["", f"With `--compile {mode}` (UNet and decoder): **{fmt_s(c['latency'])}** for one video, "
                           f"{orig['total'] / c['latency']:.1f}x the original; "
                           f"{fmt_s(c['per_video_overlapped'])} per video back to back. "
-                          f"Compiling took {fmt_s(c['first_videos_seconds'])} (the first video)."]  # fmt: skip
+                          f"The first video took {fmt_s(c['first_videos_seconds'])} with compiling{after}."]  # fmt: skip
         else:
             lines += [
                 "",
@@ -883,7 +894,7 @@ def report_markdown(results: dict) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         for name, r in results["unet"].items():
-            extra = f" (compiling took {r['compile_seconds']:.0f} s)" if "compile_seconds" in r else ""
+            extra = compile_note(r)
             lines.append(f"| {name}{extra} | {fmt_s(r['seconds'])} | {r['speedup_vs_original']:.2f}x | {r['utilisation']:.0%} |")
     if "decoder" in results:
         lines += [
@@ -896,10 +907,12 @@ def report_markdown(results: dict) -> str:
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for name, r in results["decoder"].items():
-            extra = f" (compiling took {r['compile_seconds']:.0f} s)" if "compile_seconds" in r else ""
+            extra = compile_note(r)
             q = (
                 f"{r['psnr_vs_fp32_db']:.1f} dB" + ("" if r.get("finite", True) else " (non-finite!)")
                 if "psnr_vs_fp32_db" in r
+                else f"- (max error {r['max_error_vs_eager_rel']:.1e} of eager's)"
+                if "max_error_vs_eager_rel" in r
                 else "-"
             )
             speed = f"{fmt_s(r['seconds_per_frame'])} | {r['speedup_vs_original']:.2f}x | {r['utilisation']:.0%}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint import RELEASED_CHECKPOINT_URL
+from .compiling import check_compile_mode
 from .config import DEFAULT_FPS, PRECISIONS, SEED_BY
 from .distributed import rank_share
 from .files import leftover_temp_files_in
@@ -171,14 +172,15 @@ def load_pipeline(
     device: str | None = None,
     precision: str | None = None,
     autocast: bool = False,
-    compile: bool = False,
+    compile: str | None = None,
     use_ema: bool = True,
 ) -> tuple[FashionFlowPipeline, str]:
     """The pipeline set up for animating, and the precision it runs in. `checkpoint` is a checkpoint file of either
     format or a pipeline folder (`models.convert`, `save_pretrained`).
 
     The weights are cast to `precision` (default: fp16 on CUDA, fp32 elsewhere) unless `autocast`, which keeps
-    them fp32 under autocast as the original did. `compile` compiles the UNet and the VAE decoder.
+    them fp32 under autocast as the original did. `compile` ('full' or 'regional', models/compiling.py) compiles the
+    UNet and the VAE decoder.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(precision or default_precision(device), device)
@@ -206,7 +208,7 @@ def load_pipeline(
             use_ema=use_ema,
         )
     if compile:
-        pipeline.compile()
+        pipeline.compile(regional=check_compile_mode(compile) == "regional")
     return pipeline, precision
 
 

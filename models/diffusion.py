@@ -152,9 +152,10 @@ class PrefetchedNoise:
     """The ancestral noise of a sampling loop, drawn ahead in a background thread.
 
     Each of `count` draws is what diffusers' `randn_tensor` would draw inside the step: one [1, ...] tensor per
-    video from its CPU generator, concatenated (one generator draws the whole batch). Drawn on the CPU while the device runs the previous step, pinned and
-    copied without blocking, so a loop on a GPU never waits for the host (a pageable copy would synchronise every
-    step). `close()` stops the thread and puts each generator back where the loop's own draws left it.
+    video from its CPU generator, concatenated (one generator draws the whole batch). Drawn on the CPU while the
+    device runs the previous step, pinned and copied without blocking, so a loop on a GPU never waits for the host
+    (a pageable copy would synchronise every step). `close()` stops the thread and puts each generator back where
+    the loop's own draws left it.
     """
 
     def __init__(self, generators: Sequence[torch.Generator], shape, dtype, device, count: int, ahead: int = 2):

@@ -37,6 +37,7 @@ from transformers.image_processing_base import ImageProcessingMixin
 
 from .adapter import EmbeddingAdapter
 from .checkpoint import WeightsSource, models_from_checkpoint, read_checkpoint, weights_source
+from .compiling import compile_decoder, compile_unet
 from .config import PRECISIONS, ModelConfig, check_precision, check_preprocessing, get_preset
 from .diffusion import make_scheduler, sample_latents, set_steps
 from .encoders import FrozenEncoders, clip_image_processor
@@ -338,12 +339,16 @@ class FashionFlowPipeline(DiffusionPipeline):
         with self.components_on_device(*ENCODERS):
             yield self.encoders
 
-    def compile(self, *, unet: bool = True, decoder: bool = True, **options) -> FashionFlowPipeline:
-        """torch.compile the UNet and/or the VAE decoder (the two costs of a video); options go to torch.compile."""
+    def compile(self, *, unet: bool = True, decoder: bool = True, regional: bool = False, **options) -> FashionFlowPipeline:
+        """torch.compile the UNet and/or the VAE decoder (the two costs of a video); options go to torch.compile.
+
+        Each network whole, or with `regional` their repeated blocks in place (models/compiling.py). A compiled
+        decoder decodes padded chunks of one size (`static_decode_shapes`), so it compiles once.
+        """
         if unet:
-            self.unet = torch.compile(self.unet, **options)
+            self.unet = compile_unet(self.unet, regional=regional, **options)
         if decoder:
-            self.vae.decoder = torch.compile(self.vae.decoder, **options)
+            compile_decoder(self.vae, regional=regional, **options)
             self.static_decode_shapes = True
         return self
 

@@ -310,6 +310,11 @@ class SpaceTimeUnet(ModelMixin, ConfigMixin, ModelConfigFields):
     """
 
     _supports_gradient_checkpointing = True
+    # regional compilation (diffusers' `compile_repeated_blocks`, `FashionFlowPipeline.compile`) compiles every
+    # instance of these: the blocks that hold the convolutions, norms and attention, each traced without a graph break.
+    # They repeat in class but rarely in shape (the paper UNet's 26 ResnetBlocks take 21 distinct input shapes), and a
+    # graph is reused only between same-shaped instances: region by region the UNet compiled no faster than whole.
+    _repeated_blocks = ["ResnetBlock", "AttentionBlock", "SpatioTemporalAttention"]
 
     @register_to_config
     def __init__(

@@ -321,7 +321,11 @@ def test_prefetched_noise_gives_the_schedulers_own_numbers_bit_for_bit(steps, vi
     for prefetch in (False, True):
         generators = [torch.Generator().manual_seed(10 + v) for v in range(videos)]
         out = sample_latents(
-            _nonlinear_eps, start, make_scheduler("ddpm", steps), first_frame=first, generator=generators,
+            _nonlinear_eps,
+            start,
+            make_scheduler("ddpm", steps),
+            first_frame=first,
+            generator=generators,
             prefetch_noise=prefetch,
         )
         ends[prefetch] = out, [torch.randn(2, generator=g) for g in generators]  # where each generator was left
@@ -335,9 +339,19 @@ def test_an_interrupted_prefetching_loop_leaves_the_generators_where_its_own_dra
     for prefetch in (False, True):
         generators = [torch.Generator().manual_seed(v) for v in range(2)]
         calls = []
+
+        def eps_model(x, t, calls=calls):
+            calls.append(t)
+            return 0.1 * x
+
         sample_latents(
-            lambda x, t: calls.append(t) or 0.1 * x, start, make_scheduler("ddpm", 25), first_frame=first,
-            generator=generators, interrupt=lambda: len(calls) == 3, prefetch_noise=prefetch,
+            eps_model,
+            start,
+            make_scheduler("ddpm", 25),
+            first_frame=first,
+            generator=generators,
+            interrupt=lambda calls=calls: len(calls) == 3,
+            prefetch_noise=prefetch,
         )
         left[prefetch] = [torch.randn(4, generator=g) for g in generators]
     assert all(torch.equal(a, b) for a, b in zip(left[True], left[False]))
@@ -351,8 +365,12 @@ def test_prefetching_passes_on_an_error_of_the_model_and_stops_its_thread():
 
     with pytest.raises(RuntimeError, match="model broke"):
         sample_latents(
-            failing, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddpm", 25), first_frame=torch.zeros(1, 4, 4, 4),
-            generator=[torch.Generator().manual_seed(0)], prefetch_noise=True,
+            failing,
+            torch.randn(1, 4, 3, 4, 4),
+            make_scheduler("ddpm", 25),
+            first_frame=torch.zeros(1, 4, 4, 4),
+            generator=[torch.Generator().manual_seed(0)],
+            prefetch_noise=True,
         )
     assert not any(t.name == "ancestral-noise" for t in threading.enumerate())
 
@@ -360,7 +378,8 @@ def test_prefetching_passes_on_an_error_of_the_model_and_stops_its_thread():
 def test_prefetching_is_refused_where_it_would_change_the_numbers():
     args = dict(first_frame=torch.zeros(1, 4, 4, 4), prefetch_noise=True)
     with pytest.raises(ValueError, match="DDPM sampler and one CPU generator"):
-        sample_latents(lambda x, t: x, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddim", 5),
-                       generator=[torch.Generator()], **args)
+        sample_latents(
+            lambda x, t: x, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddim", 5), generator=[torch.Generator()], **args
+        )
     with pytest.raises(ValueError, match="DDPM sampler and one CPU generator"):
         sample_latents(lambda x, t: x, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddpm", 5), **args)

@@ -288,3 +288,20 @@ def test_unusable_folder_entries_are_reported_and_the_rest_animated(parts, tmp_p
     said = capsys.readouterr()
     assert "folder.mp4: a folder, not a file" in said.out and "loop.mp4: a broken symbolic link or a link loop" in said.out
     assert "failed    2 input(s)" in said.out and (tmp_path / "out" / "clip0_sample0.mp4").is_file()
+
+
+def test_compile_flag_picks_full_by_default_or_regional(parts):
+    """--compile alone compiles each network whole, --compile regional their repeated blocks in place; both lazily,
+    so loading costs nothing here (test_pipeline.py runs a compiled pipeline)."""
+    from models.animate import load_pipeline
+
+    parse = inference.build_parser().parse_args
+    assert parse([]).compile is None and parse(["--compile"]).compile == "full"
+    assert parse(["--compile", "regional"]).compile == "regional"
+    regional, _ = load_pipeline(parts["ours"], device="cpu", compile="regional")
+    assert type(regional.unet).__name__ == "SpaceTimeUnet" and regional.static_decode_shapes
+    assert regional.unet.mid_attn._compiled_call_impl is not None
+    full, _ = load_pipeline(parts["ours"], device="cpu", compile="full")
+    assert type(full.unet).__name__ == "OptimizedModule" and full.static_decode_shapes
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        load_pipeline(parts["ours"], device="cpu", compile="max-autotune")

@@ -193,3 +193,16 @@ def test_light_modules_do_not_import_the_networks(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_compile_bench_smoke_measures_both_modes(tmp_path):
+    """bench/bench_compile.py --smoke: fresh processes, both modes, the report; the tiny decoder traced only."""
+    out, report = tmp_path / "compile.json", tmp_path / "compile.md"
+    command = [sys.executable, "bench/bench_compile.py", "--smoke", "--json", str(out), "--report", str(report)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"full", "regional"} and all(r["compile_seconds"] > 0 for r in rows.values())
+    assert rows["full"]["graphs"] == 1 and rows["regional"]["graphs"] > 1
+    assert all(r["max_error_rel"] < 1e-6 for r in rows.values())
+    assert "| decoder | tiny | regional |" in report.read_text()

@@ -7,6 +7,7 @@ from models.checkpoint import build_models
 from models.config import get_preset
 from models.diffusion import make_scheduler
 from models.pipeline import FashionFlowPipeline, resolve_precision, sample_generator
+from models.unet import SpaceTimeUnet
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +184,36 @@ def test_mismatched_encoders_are_refused(pipe):
     wider = build_models(get_preset("tiny", context_dim=64))  # CLIP's tokens are 32 wide
     with pytest.raises(ValueError, match="--vae, --clip"):
         FashionFlowPipeline.from_parts(*wider, pipe.encoders)
+
+
+def test_regional_compile_gives_the_eager_video_and_compiles_once(parts):
+    """compile(regional=True) compiles the UNet's and the decoder's repeated blocks in place: the video matches eager,
+    a second video recompiles nothing (the decoder's padded last chunk included), the state-dict keys stay."""
+    from torch._dynamo.utils import counters
+
+    from models.encoders import FrozenEncoders
+
+    # one level instead of tiny's two: still every repeated block class (the mid block holds the self-attention),
+    # in half the tracing time, which dominates this test on a 2-core CPU
+    config = get_preset("tiny", dim_mult=(1,), self_attns=(False,), temporal_compression=(False,),
+                        resnet_block_depths=(1,), vae=parts["vae"], clip=parts["clip"])  # fmt: skip
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    pipe = FashionFlowPipeline.from_parts(unet.eval(), adapter.eval(), FrozenEncoders.from_config(config))
+    keys = list(pipe.unet.state_dict())
+    # backend aot_eager: dynamo and AOTAutograd trace what inductor would compile, without inductor's C++ code
+    # generation, which takes minutes here (bench/results/compile_cpu.md); fullgraph: no graph break and no
+    # region left uncompiled by the recompile limit
+    pipe.compile(regional=True, backend="aot_eager", fullgraph=True)
+    assert type(pipe.unet) is SpaceTimeUnet and list(pipe.unet.state_dict()) == keys
+    images = photos(pipe, 1)
+    video = lambda: run(pipe, images, num_frames=3, steps=2, decode_chunk_size=2, generator=gens(0, 1))  # noqa: E731
+    with torch.compiler.set_stance("force_eager"):
+        eager = video()
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = video()
+    assert counters["stats"]["unique_graphs"] > graphs  # the blocks were traced
+    with torch.compiler.set_stance("fail_on_recompile"):
+        again = video()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)  # pixels in [0, 1]
+    assert torch.equal(again, compiled)
