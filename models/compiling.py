@@ -56,7 +56,7 @@ def compile_unet(unet: nn.Module, *, regional: bool = False, **options) -> nn.Mo
     """The UNet to call: the same module with its `_repeated_blocks` compiled, or (not `regional`) a compiled wrapper."""
     if not regional:
         return torch.compile(unet, **options)
-    compile_regions(unet, unet._repeated_blocks, **options)
+    unet.compile_repeated_blocks(**options)
     return unet
 
 
