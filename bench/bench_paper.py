@@ -818,6 +818,18 @@ def compile_note(r: dict) -> str:
     return f" (compiling took {r['compile_seconds']:.0f} s, {r['graphs']} graph{'s' if r['graphs'] != 1 else ''})"
 
 
+def compiled_lines(compiled: dict, original_total: float | None = None) -> list[str]:
+    """The end-to-end figures of the compiled section, a paragraph per mode ('full', 'regional')."""
+    lines = []
+    for mode, c in compiled.items():
+        after = " (after `full` in the same process, its kernels cached)" if mode == "regional" else ""
+        ratio = f"{original_total / c['latency']:.1f}x the original; " if original_total else ""
+        lines += ["", f"With `--compile {mode}` (UNet and decoder): **{fmt_s(c['latency'])}** for one video, {ratio}"
+                  f"{fmt_s(c['per_video_overlapped'])} per video back to back. "
+                  f"The first video took {fmt_s(c['first_videos_seconds'])} with compiling{after}."]  # fmt: skip
+    return lines
+
+
 def report_markdown(results: dict) -> str:
     meta = results["meta"]
     commands = ", ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]]))  # several: merged runs
@@ -868,12 +880,7 @@ def report_markdown(results: dict) -> str:
                       f"{inf['video_seconds']:.1f} s clip on its own (median of {e2e['videos']}), "
                       f"**{inf['speedup']:.1f}x** the original procedure; {fmt_s(e2e['per_video_overlapped'])} per video "
                       "back to back, the mp4 encoding overlapping the next video as in inference.py."]  # fmt: skip
-            for mode, c in results.get("compiled", {}).items():
-                after = " (after `full` in the same process, its kernels cached)" if mode == "regional" else ""
-                lines += ["", f"With `--compile {mode}` (UNet and decoder): **{fmt_s(c['latency'])}** for one video, "
-                          f"{orig['total'] / c['latency']:.1f}x the original; "
-                          f"{fmt_s(c['per_video_overlapped'])} per video back to back. "
-                          f"The first video took {fmt_s(c['first_videos_seconds'])} with compiling{after}."]  # fmt: skip
+            lines += compiled_lines(results.get("compiled", {}), orig["total"])
         else:
             lines += [
                 "",
@@ -881,10 +888,8 @@ def report_markdown(results: dict) -> str:
                 f"{inf['speedup']:.1f}x the original procedure (extrapolated).",
             ]
     if "compiled" in results and "end_to_end" not in results.get("inference", {}).get("ours", {}):
-        c = results["compiled"]  # measured without the eager end to end (another run, or its section failed)
-        lines += ["", "## One video, compiled", "", f"With `--compile` (UNet and decoder): **{fmt_s(c['latency'])}** for one "
-                  f"video; {fmt_s(c['per_video_overlapped'])} per video back to back. Compiling took "
-                  f"{fmt_s(c['first_videos_seconds'])} (the first video)."]  # fmt: skip
+        # measured without the eager end to end (another run, or its section failed)
+        lines += ["", "## One video, compiled", *compiled_lines(results["compiled"])]
     if "unet" in results:
         lines += [
             "",
