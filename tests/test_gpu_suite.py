@@ -53,7 +53,10 @@ def test_dry_run_runs_every_part_of_the_gpu_suite_on_the_cpu(tmp_path):
     assert ours["end_to_end"]["latency"] > 0 and figures["inference"]["inference"]["speedup"] > 0
     assert all(figures["compiled"]["compiled"][mode]["latency"] > 0 for mode in ("full", "regional"))
     rest = figures["paper"]
-    assert all(r["psnr_vs_fp32_db"] > 20 for r in rest["decoder"].values())
+    eager = [r for r in rest["decoder"].values() if "compile_seconds" not in r]
+    compiled = [r for r in rest["decoder"].values() if "compile_seconds" in r]
+    assert eager and all(r["psnr_vs_fp32_db"] > 20 for r in eager)
+    assert len(compiled) == 2 and all(r["max_error_vs_eager_rel"] < 1e-2 for r in compiled)  # full, regional
     assert set(rest["train"]) == {"original: fp32, no checkpointing, batch 2", "ours: bf16 + checkpointing, batch 2"}
     assert all(r["peak_memory_mb"] > 0 for r in rest["memory"].values())
     assert {"unet", "sdpa", "golden"} <= set(rest) and "## One video" in report
