@@ -227,7 +227,8 @@ def sample_latents(
     """
     timesteps = scheduler.timesteps
     generators = [generator] if isinstance(generator, torch.Generator) else generator
-    can_prefetch = bool(generators) and all(g.device.type == "cpu" for g in generators) and takes_given_noise(scheduler)
+    can_prefetch = bool(generators) and all(g is not None and g.device.type == "cpu" for g in generators)
+    can_prefetch = can_prefetch and takes_given_noise(scheduler)
     if prefetch_noise is None:
         prefetch_noise = can_prefetch and latents.device.type != "cpu"
     elif prefetch_noise and not can_prefetch:

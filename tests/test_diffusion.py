@@ -383,3 +383,15 @@ def test_prefetching_is_refused_where_it_would_change_the_numbers():
         )
     with pytest.raises(ValueError, match="DDPM sampler and one CPU generator"):
         sample_latents(lambda x, t: x, torch.randn(1, 4, 3, 4, 4), make_scheduler("ddpm", 5), **args)
+
+
+def test_a_generator_list_with_gaps_samples_as_before_without_prefetching():
+    """[generator, None]: diffusers draws the second video's noise from the global RNG; auto mode must not trip on it."""
+    out = sample_latents(
+        lambda x, t: 0.1 * x,
+        torch.randn(2, 4, 3, 4, 4),
+        make_scheduler("ddpm", 3),
+        first_frame=torch.zeros(2, 4, 4, 4),
+        generator=[torch.Generator().manual_seed(0), None],
+    )
+    assert torch.isfinite(out).all()
