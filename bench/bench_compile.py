@@ -12,8 +12,8 @@ included). Per call: the median of `--calls` calls, compiled calls alternating w
 `set_stance("fail_on_recompile")`. Modes alternate in order from repeat to repeat, so a drift in the machine's
 load does not favour one.
 
-Sizes: the UNet at the paper config (models/config.py) over `paper` 70 frames of 80x64 latents or `mid` 8 frames of
-32x16, or the `tiny` preset; the decoder is the stand-in SD v1-4 VAE's (models/standins.py) decoding 8 latents of
+Sizes: the UNet at the paper config (models/core/config.py) over `paper` 70 frames of 80x64 latents or `mid` 8 frames of
+32x16, or the `tiny` preset; the decoder is the stand-in SD v1-4 VAE's (models/networks/standins.py) decoding 8 latents of
 80x64 (`paper`) or 2 of 16x12 (`mid`), or the tiny VAE's 8 of 16x12 (`tiny`).
 """
 
@@ -43,8 +43,8 @@ def build(network: str, size: str, device, dtype, channels_last: bool = False):
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from models.checkpoint import build_models
-    from models.config import get_preset
+    from models.core.config import get_preset
+    from models.networks.checkpoint import build_models
 
     torch.manual_seed(0)
     if network == "unet":
@@ -54,8 +54,8 @@ def build(network: str, size: str, device, dtype, channels_last: bool = False):
         context = torch.randn(1, config.context_tokens, config.context_dim, device=device, dtype=dtype)
         t = torch.full((1,), 500.0, device=device)
         return unet, lambda net: net(x, context, timestep=t)
-    from models.standins import build_standin_vae
-    from models.tiny_components import build_tiny_vae
+    from models.networks.standins import build_standin_vae
+    from models.networks.tiny_components import build_tiny_vae
 
     vae = (build_tiny_vae() if size == "tiny" else build_standin_vae()).eval().requires_grad_(False).to(device, dtype)
     if channels_last:
@@ -81,13 +81,13 @@ def measure(
     from torch._dynamo.utils import counters
 
     sys.path.insert(0, str(ROOT))
-    from models.compiling import compile_decoder, compile_unet
-    from models.config import PRECISIONS
-    from models.profiling import synchronize
+    from models.core.precision import PRECISIONS
+    from models.core.profiling import synchronize
+    from models.networks.compiling import compile_decoder, compile_unet
 
     device = torch.device(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as inference.py runs (models/animate.py)
+        torch.backends.cudnn.benchmark = True  # as inference.py runs (models/serving/animate.py)
     net, run = build(network, size, device, PRECISIONS[precision], channels_last)
 
     def timed(fn) -> tuple[float, torch.Tensor]:

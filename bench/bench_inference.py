@@ -10,12 +10,12 @@ the pipeline's default sampler and steps, chunked decode, `--precision`. Both go
 `FashionFlowPipeline` with the same per-video generators, so they start from the same noise. Reported:
 seconds per video (each video alone, batch 1) and the speed-up; per-frame PSNR/SSIM of every candidate
 against 1000-step DDPM on the same seed and against the ground-truth clip, on the frames that
-models/scoring.py scores (frame 0, the input, left out unless --include_input_frame). Ancestral DDPM
+models/evaluation/scoring.py scores (frame 0, the input, left out unless --include_input_frame). Ancestral DDPM
 adds fresh noise at every step, so "vs DDPM" measures how far a sampler lands from one DDPM draw;
 "vs ground truth" of the two is the like-for-like quality comparison.
 
 Without `--checkpoint` it uses the quickstart's trained tiny model and held-out synthetic clips
-(models/quickstart.py, in `--workdir`): built there first if missing, reused if present, so the quality
+(models/serving/quickstart.py, in `--workdir`): built there first if missing, reused if present, so the quality
 numbers come from a model that has learnt something.
 Results go to bench/results/inference_<device>.md.
 """
@@ -35,15 +35,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench._common import write_report  # noqa: E402
-from models.pipeline import (  # noqa: E402
-    DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
-    ORIGINAL_SAMPLER,
-    ORIGINAL_STEPS,
-    FashionFlowPipeline,
-    sample_generator,
-)
-from models.scoring import ScoredFrames, mean_psnr_ssim  # noqa: E402
+from models.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_SAMPLER, ORIGINAL_STEPS  # noqa: E402
+from models.evaluation.scoring import ScoredFrames, mean_psnr_ssim  # noqa: E402
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator  # noqa: E402
 
 CANDIDATES = "ddpm:10,ddpm:15,ddpm:50,dpmsolver++:10,dpmsolver++:25,dpmsolver++:50,ddim:25,ddim:50"
 
@@ -60,7 +54,7 @@ def _shown(path) -> str:
 
 
 def ground_truth(paths, size, frames: int) -> torch.Tensor:
-    from models.video_io import read_video_frames
+    from models.data.video_io import read_video_frames
 
     return torch.stack([read_video_frames(p, count=frames, size=size) for p in paths])  # [n, f, 3, h, w]
 
@@ -123,7 +117,7 @@ def main(argv=None) -> Path:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     if args.checkpoint:
-        from models.inference_io import video_inputs
+        from models.serving.inference_io import video_inputs
 
         pipe = FashionFlowPipeline.from_checkpoint(
             args.checkpoint, vae=args.vae, clip=args.clip, preset=args.preset, device=device
@@ -131,7 +125,7 @@ def main(argv=None) -> Path:
         clips = [item.path for item in video_inputs(args.dataset)] if args.dataset else []
         model = f"checkpoint {args.checkpoint}"
     else:
-        from models.quickstart import QuickstartConfig, build_trained_model
+        from models.serving.quickstart import QuickstartConfig, build_trained_model
 
         cfg = QuickstartConfig(workdir=args.workdir, seed=args.seed, progress=False)
         checkpoint, _, clips = build_trained_model(cfg)

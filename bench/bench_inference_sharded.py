@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import write_report  # noqa: E402
 
-MADE = re.compile(r"made\s+(\d+) videos in ([\d.]+) s on (\d+) process")  # the summary line (models/catalogue.py)
+MADE = re.compile(r"made\s+(\d+) videos in ([\d.]+) s on (\d+) process")  # the summary line (models/serving/catalogue.py)
 
 
 def build_model(work: Path, photos: int, size: tuple[int, int], seed: int) -> tuple[Path, Path]:
@@ -40,9 +40,9 @@ def build_model(work: Path, photos: int, size: tuple[int, int], seed: int) -> tu
     import torch
     from PIL import Image
 
-    from models.checkpoint import build_models, save_checkpoint
-    from models.config import get_preset
-    from models.tiny_components import save_tiny_encoders
+    from models.core.config import get_preset
+    from models.networks.checkpoint import build_models, save_checkpoint
+    from models.networks.tiny_components import save_tiny_encoders
 
     vae, clip = save_tiny_encoders(work / "encoders", seed=seed)
     config = get_preset("tiny", vae=str(vae), clip=str(clip))

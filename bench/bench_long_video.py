@@ -1,11 +1,11 @@
-"""Long and looping videos (models/long_video.py): drift window by window and the size of the joins.
+"""Long and looping videos (models/pipeline/long_video.py): drift window by window and the size of the joins.
 
     python bench/bench_long_video.py                     # CPU: the quickstart's trained tiny model (8-frame windows)
     python bench/bench_long_video.py --frames 36 --samples 2
 
-The quickstart's trained model (models/quickstart.py, in `--workdir`; built there first if missing) animates frame
+The quickstart's trained model (models/serving/quickstart.py, in `--workdir`; built there first if missing) animates frame
 0 of its held-out synthetic test figures for `--frames` frames, several times its 8-frame trained length, and the
-synthetic renderer draws the same figures for as long as the ground truth (models/synthetic.py). Configurations:
+synthetic renderer draws the same figures for as long as the ground truth (models/data/synthetic.py). Configurations:
 the windows with overlap 1 (the conditioning frame alone: no overlap), and with wider overlaps held or
 cross-faded; the UNet run once over all the frames (no windows); and looping. Reported against the ground truth,
 per span of 7 frames (one 8-frame window's new frames): garment colour error (RGB distance of its mean colour,
@@ -30,10 +30,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.bench_inference import _shown, device_name  # noqa: E402
-from models.long_video import plan_windows, sample_long_video  # noqa: E402
-from models.metrics import psnr  # noqa: E402
-from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, FashionFlowPipeline, sample_generator  # noqa: E402
-from models.quickstart import garment_colour_error  # noqa: E402
+from models.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+from models.evaluation.metrics import psnr  # noqa: E402
+from models.pipeline.long_video import plan_windows, sample_long_video  # noqa: E402
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator  # noqa: E402
+from models.serving.quickstart import garment_colour_error  # noqa: E402
 
 # (label, overlap, overlap mode, loop); overlap None: no windows, the UNet over every frame at once
 CONFIGS = [
@@ -50,8 +51,8 @@ SPAN = 7  # frames per reported span: the new frames of one 8-frame window
 
 def ground_truth(seed: int, count: int, frames: int, size) -> tuple[torch.Tensor, np.ndarray]:
     """The quickstart's held-out figures rendered for `frames` frames: ([N, F, 3, H, W] in [0, 1], masks [N, F, H, W])."""
-    from models.synthetic import clip_params, render_clip
-    from models.video_io import frames_to_tensor
+    from models.data.synthetic import clip_params, render_clip
+    from models.data.video_io import frames_to_tensor
 
     clips, masks = zip(*(render_clip(clip_params(seed, "test", i), frames, size, garment_masks=True) for i in range(count)))
     return torch.stack([frames_to_tensor(c) for c in clips]), np.stack(masks)
@@ -124,7 +125,7 @@ def main(argv=None) -> Path:
     p.add_argument("--out", default=None, help="markdown file (default: bench/results/long_video_<device>.md)")
     args = p.parse_args(argv)
 
-    from models.quickstart import QuickstartConfig, build_trained_model
+    from models.serving.quickstart import QuickstartConfig, build_trained_model
 
     # denormal floats slowed the tiny model's CPU training and sampling down several times on the measuring machine
     torch.set_flush_denormal(True)
@@ -151,7 +152,7 @@ def main(argv=None) -> Path:
         f"for {encoders['vae_steps']} steps, reconstruction PSNR {encoders['vae_reconstruction_psnr_db']:.1f} dB). "
         f"{args.inputs} held-out synthetic figures x {args.samples} seed(s), {args.frames} frames at "
         f"{pipe.image_size[0]}x{pipe.image_size[1]}, {DEFAULT_SAMPLER} {args.steps} steps per window, seed {args.seed}; "
-        "ground truth rendered for the same length by models/synthetic.py.",
+        "ground truth rendered for the same length by models/data/synthetic.py.",
         "",
         "Command: `" + " ".join(["python bench/bench_long_video.py", *(sys.argv[1:] if argv is None else argv)]) + "`",
         "",

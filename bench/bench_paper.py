@@ -5,7 +5,7 @@
     python bench/bench_paper.py --smoke               # the same code at tiny sizes, in seconds (run by a test)
 
 The networks are the paper's: the SpaceTimeUnet and adapter at the paper config (random weights) and the
-stand-in SD v1-4 VAE and CLIP ViT-B/32 (models/standins.py, random weights: every video is noise, the timings
+stand-in SD v1-4 VAE and CLIP ViT-B/32 (models/networks/standins.py, random weights: every video is noise, the timings
 and memory are real). Sections:
 
 - inference: ours (the default sampler and precision: half-precision weights on CUDA, decode in chunks)
@@ -60,14 +60,17 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import build_models  # noqa: E402
-from models.config import DEFAULT_FPS, PRECISIONS, get_preset  # noqa: E402
-from models.diffusion import NoiseSchedule, make_scheduler, sample_latents  # noqa: E402
-from models.encoders import FrozenEncoders  # noqa: E402
-from models.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, LOW_MEMORY_DECODE_CHUNK, ORIGINAL_STEPS, FashionFlowPipeline  # noqa: E402
-from models.profiling import memory_kind, peak_memory_mb, reset_peak_memory, synchronize, timed  # noqa: E402
-from models.training import TrainingObjective  # noqa: E402
-from models.video_io import write_mp4  # noqa: E402
+from models.core.config import DEFAULT_FPS, get_preset  # noqa: E402
+from models.core.precision import PRECISIONS  # noqa: E402
+from models.core.profiling import memory_kind, peak_memory_mb, reset_peak_memory, synchronize, timed  # noqa: E402
+from models.data.video_io import write_mp4  # noqa: E402
+from models.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_STEPS, make_scheduler  # noqa: E402
+from models.diffusion.sampling import sample_latents  # noqa: E402
+from models.diffusion.schedule import NoiseSchedule  # noqa: E402
+from models.networks.checkpoint import build_models  # noqa: E402
+from models.networks.encoders import FrozenEncoders  # noqa: E402
+from models.pipeline.pipeline import LOW_MEMORY_DECODE_CHUNK, FashionFlowPipeline  # noqa: E402
+from models.training.loop import TrainingObjective  # noqa: E402
 
 # the order of --sections all; the compiling ones last
 SECTIONS = ("inference", "offload", "sync", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")
@@ -107,11 +110,11 @@ def pick_device(name: str) -> torch.device:
 def encoder_dirs(args) -> tuple[Path, Path]:
     folder = Path(args.encoders)
     if args.smoke:
-        from models.tiny_components import save_tiny_encoders
+        from models.networks.tiny_components import save_tiny_encoders
 
         return save_tiny_encoders(Path(tempfile.mkdtemp(prefix="bench_smoke_")))
     if not (folder / "vae" / "config.json").is_file() or not (folder / "clip" / "config.json").is_file():
-        from models.standins import save_standins
+        from models.networks.standins import save_standins
 
         print(f"writing stand-in encoders to {folder} (once)")
         save_standins(folder)
@@ -183,8 +186,8 @@ def median_seconds(device, fn, *, repeats: int, warmup: int = 1) -> float:
 
 def count_flops(bench: Bench) -> dict:
     """FLOPs of each phase for one video, counted on the meta device (no compute, no memory)."""
-    from models.standins import build_standin_clip, build_standin_vae
-    from models.tiny_components import build_tiny_clip, build_tiny_vae
+    from models.networks.standins import build_standin_clip, build_standin_vae
+    from models.networks.tiny_components import build_tiny_clip, build_tiny_vae
 
     def flops(fn) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -267,7 +270,7 @@ def phases_of_one_video(
 
 
 def pipeline_autocast(pipeline, precision):
-    from models.pipeline import autocast
+    from models.core.precision import autocast
 
     return autocast(pipeline.device, precision, pipeline.dtype)
 
@@ -334,7 +337,7 @@ def section_inference(bench: Bench) -> dict:
 def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None = None) -> dict:
     """Photo -> mp4 through FashionFlowPipeline.__call__ as inference.py runs it: the median latency of one video
     on its own, and the per-video time of back-to-back videos whose mp4 encoding overlaps the next video."""
-    from models.inference_io import BackgroundWriter
+    from models.serving.inference_io import BackgroundWriter
 
     repeats = repeats or bench.args.repeats
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
@@ -424,13 +427,13 @@ def section_unet(bench: Bench) -> dict:
 
 
 def pipeline_autocast_for(device, precision, dtype):
-    from models.pipeline import autocast
+    from models.core.precision import autocast
 
     return autocast(device, precision, dtype)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    from models.metrics import psnr as psnr_metric
+    from models.evaluation.metrics import psnr as psnr_metric
 
     return float(psnr_metric(a, b).mean())  # mean over frames
 
@@ -671,7 +674,7 @@ def section_memory(bench: Bench) -> dict:
 def section_offload(bench: Bench) -> dict:
     """One whole video (every step, every frame) with networks waiting in CPU memory, against the default:
     `enable_model_cpu_offload()` (each network on the device only for its stage) and --low_memory (the encoders
-    offloaded, small decode chunks; models/animate.py). Peak device memory and seconds, measured after a warm-up."""
+    offloaded, small decode chunks; models/serving/animate.py). Peak device memory and seconds, measured after a warm-up."""
     args, dev = bench.args, bench.device
     steps = DEFAULT_STEPS if not args.smoke else 4
     chunk = args.decode_chunk_size

@@ -5,7 +5,7 @@
 
 The original's approach, as docs/ORIGINAL.md describes it: for each of the clip's frames, seek the capture to that frame
 (`CAP_PROP_POS_FRAMES`) and read one frame, then encode the frames one VAE call each. Ours is
-models/projection.py: sequential decoding of only the frames needed, batched VAE calls, decoding overlapped
+models/data/projection.py: sequential decoding of only the frames needed, batched VAE calls, decoding overlapped
 with encoding. Both use the same VAE, frame size, clip length and start frames, and write the same files.
 
 Two sets of videos: the sample clips as they are (70 frames, MPEG-4 part 2), and longer H.264 versions of them
@@ -31,14 +31,15 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import write_report  # noqa: E402
-from models.config import PRECISIONS, PREPROCESSING_MODES  # noqa: E402
-from models.distributed import pick_device  # noqa: E402
-from models.encoders import FrozenEncoders  # noqa: E402
-from models.files import atomic_torch_save  # noqa: E402
-from models.manifest import read_manifest  # noqa: E402
-from models.projection import project_dataset  # noqa: E402
-from models.tiny_components import save_tiny_encoders  # noqa: E402
-from models.video_io import count_frames, frames_to_tensor, read_video_frames, resize_frame, write_mp4  # noqa: E402
+from models.core.config import PREPROCESSING_MODES  # noqa: E402
+from models.core.distributed import pick_device  # noqa: E402
+from models.core.files import atomic_torch_save  # noqa: E402
+from models.core.manifest import read_manifest  # noqa: E402
+from models.core.precision import PRECISIONS  # noqa: E402
+from models.data.projection import project_dataset  # noqa: E402
+from models.data.video_io import count_frames, frames_to_tensor, read_video_frames, resize_frame, write_mp4  # noqa: E402
+from models.networks.encoders import FrozenEncoders  # noqa: E402
+from models.networks.tiny_components import save_tiny_encoders  # noqa: E402
 
 
 def project_by_seeking(video: Path, output_dir: Path, encoders, *, start: int, frames: int, size) -> torch.Tensor:
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
         settings = {"preprocessing": args.preprocessing, "vae": str(vae)}
         sets = make_video_sets(work, args.copies, args.long_frames)
         results = {name: bench_set(folder, encoders, work, args, settings) for name, folder in sets.items()}
-    vae_name = args.vae or "tiny random AutoencoderKL (models/tiny_components.py)"
+    vae_name = args.vae or "tiny random AutoencoderKL (models/networks/tiny_components.py)"
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     lines = [
         f"# Projection throughput on {device.type} ({gpu})",

@@ -31,11 +31,12 @@ def measure(args) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from models.checkpoint import build_models
-    from models.config import PRECISIONS, get_preset
-    from models.diffusion import NoiseSchedule
-    from models.distributed import pick_device
-    from models.training import TrainingObjective
+    from models.core.config import get_preset
+    from models.core.distributed import pick_device
+    from models.core.precision import PRECISIONS
+    from models.diffusion.schedule import NoiseSchedule
+    from models.networks.checkpoint import build_models
+    from models.training.loop import TrainingObjective
 
     device = pick_device(args.device)
     torch.manual_seed(0)

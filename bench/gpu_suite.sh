@@ -121,7 +121,7 @@ paper() {  # paper PART SECONDS SECTIONS [FLAGS...]: bench_paper.py, its figures
 
 if [ "$DRY_RUN" != 1 ] && [ ! -f "$standins/vae/config.json" ]; then  # written once per machine, by one process
   case " $PARTS " in *" inference "* | *" compiled "* | *" offload_sync "* | *" paper "*)
-    PARTS="$PARTS standins" part standins 60 "$PY" -m models.standins --output_dir "$standins" ;;
+    PARTS="$PARTS standins" part standins 60 "$PY" -m models standins --output_dir "$standins" ;;
   esac
 fi
 paper inference 120 inference

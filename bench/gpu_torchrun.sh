@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 1-GPU NCCL torchrun training on the tiny preset: 4 steps with a checkpoint every 2, then the same command
 # with --max_steps 8 must resume at step 4 and finish at step 8. Prints PASS or FAIL lines; exit 1 on failure.
-# DEVICE=cpu runs the same check over gloo (models/distributed.py: NCCL on GPUs, gloo on the CPU), as the suite's
+# DEVICE=cpu runs the same check over gloo (models/core/distributed.py: NCCL on GPUs, gloo on the CPU), as the suite's
 # dry run does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +11,8 @@ trap 'rm -rf "$work"' EXIT
 
 "$PY" - "$work" <<'PYEOF'
 import sys
-from models.synthetic import make_synthetic_dataset
-from models.tiny_components import save_tiny_encoders
+from models.data.synthetic import make_synthetic_dataset
+from models.networks.tiny_components import save_tiny_encoders
 
 work = sys.argv[1]
 save_tiny_encoders(f"{work}/encoders")

@@ -55,10 +55,10 @@ def parts(tmp_path_factory):
     """Tiny real encoders, one tiny model saved in both checkpoint formats, and two short dataset videos."""
     import torch
 
-    from models.checkpoint import build_models, save_checkpoint, save_released_format
-    from models.config import get_preset
-    from models.tiny_components import save_tiny_encoders
-    from models.video_io import write_mp4
+    from models.core.config import get_preset
+    from models.data.video_io import write_mp4
+    from models.networks.checkpoint import build_models, save_checkpoint, save_released_format
+    from models.networks.tiny_components import save_tiny_encoders
 
     root = tmp_path_factory.mktemp("parts")
     vae, clip = save_tiny_encoders(root / "encoders")

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 import inference
-from models.animate import AnimateSettings, animate, load_pipeline
-from models.catalogue import CatalogueSummary, animate_share, check_same_inputs
-from models.distributed import rank_share
-from models.inference_io import image_inputs
-from models.manifest import read_manifest
+from models.core.distributed import rank_share
+from models.core.manifest import read_manifest
+from models.serving.animate import AnimateSettings, animate, load_pipeline
+from models.serving.catalogue import CatalogueSummary, animate_share, check_same_inputs
+from models.serving.inference_io import image_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ("seconds", "cpu_peak_rss_mb")  # how long and how much memory: differ from run to run
@@ -113,7 +113,7 @@ def test_ranks_split_the_inputs_and_make_the_videos_one_process_makes(pipeline, 
 
 def test_ranks_that_list_different_inputs_stop_before_any_work(monkeypatch, tmp_path):
     inputs = image_inputs([str(p) for p in photos(tmp_path, 2)])
-    monkeypatch.setattr("models.catalogue.all_gather_objects", lambda mine: [mine, (3, "another listing")])
+    monkeypatch.setattr("models.serving.catalogue.all_gather_objects", lambda mine: [mine, (3, "another listing")])
     with pytest.raises(ValueError, match=r"ranks list different inputs \(inputs per rank: rank 0: 2, rank 1: 3\)"):
         check_same_inputs(inputs)
 
@@ -147,7 +147,7 @@ def test_a_rerun_skips_complete_videos_and_makes_the_rest(pipeline, tmp_path, mo
         raise OSError(f"no space left on device: {path}")
 
     # a run with other settings that writes the first photo's mp4s but not their sidecars (killed in between)
-    monkeypatch.setattr("models.animate.write_sidecar", no_room)
+    monkeypatch.setattr("models.serving.animate.write_sidecar", no_room)
     assert not next(animate(pipeline, image_inputs([str(tmp_path / "photos" / "look0.png")]), settings_for(out))).ok
     monkeypatch.undo()
     remade = {r.item.stem: r.skipped for r in animate(pipeline, inputs, settings_for(out, steps=3))}
@@ -178,10 +178,10 @@ def test_seeded_by_name_a_photo_added_to_the_folder_changes_no_other_video(parts
 KILL_IN_THE_SECOND_SIDECAR = """
 import os, signal, sys
 import inference
-import models.animate
-from models.files import atomic_write
+import models.serving.animate
+from models.core.files import atomic_write
 
-write_sidecar, written = models.animate.write_sidecar, []
+write_sidecar, written = models.serving.animate.write_sidecar, []
 
 def die_half_written(path, record):
     written.append(path)
@@ -189,7 +189,7 @@ def die_half_written(path, record):
         atomic_write(path, lambda tmp: (open(tmp, "w").write('{"checkpoint": '), os.kill(os.getpid(), signal.SIGKILL)))
     return write_sidecar(path, record)
 
-models.animate.write_sidecar = die_half_written
+models.serving.animate.write_sidecar = die_half_written
 sys.exit(inference.main(sys.argv[1:]))
 """
 
@@ -239,10 +239,10 @@ def test_broken_photos_are_named_in_the_manifest_and_never_stop_the_rank(pipelin
 
 def test_in_a_log_every_progress_bar_refreshes_at_most_every_few_seconds(pipeline, tmp_path, monkeypatch):
     """Batch inference's stderr is often a file (torchrun, a redirected job log), where tqdm's own bars write a line
-    per step: its bars are models/progress.py's (tests/test_training.py checks what that gives)."""
+    per step: its bars are models/core/progress.py's (tests/test_training.py checks what that gives)."""
     from tqdm import tqdm
 
-    from models.progress import NON_TTY_REFRESH_SECONDS
+    from models.core.progress import NON_TTY_REFRESH_SECONDS
 
     bars, init = [], tqdm.__init__
 

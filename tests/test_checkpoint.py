@@ -13,7 +13,8 @@ import torch
 from traps import assert_refused_and_explained
 
 from models import EmbeddingAdapter, SpaceTimeUnet, get_preset, load_checkpoint
-from models.checkpoint import (
+from models.core.files import CheckpointError, UnsafeCheckpointError, atomic_torch_save, leftover_temp_files, name_max
+from models.networks.checkpoint import (
     RELEASED_CHECKPOINT_URL,
     export_safetensors,
     latest_checkpoint,
@@ -21,7 +22,6 @@ from models.checkpoint import (
     save_checkpoint,
     save_released_format,
 )
-from models.files import CheckpointError, UnsafeCheckpointError, atomic_torch_save, leftover_temp_files, name_max
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +209,7 @@ def test_temporary_files_fit_beside_the_longest_legal_name(tmp_path, stem):
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from models.files import atomic_write
+from models.core.files import atomic_write
 
 def write_half_then_die(tmp):
     with open(tmp, "wb") as f:

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import inference
-from models.checkpoint import (
+from models.core.config import PRESETS, get_preset
+from models.networks.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     atomic_write,
@@ -28,9 +29,8 @@ from models.checkpoint import (
     read_checkpoint,
     save_released_format,
 )
-from models.config import PRESETS, get_preset
-from models.pipeline import FashionFlowPipeline
-from models.training import TrainConfig, train
+from models.pipeline.pipeline import FashionFlowPipeline
+from models.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,8 +95,8 @@ def refuse_resume_auto(path):
 
 def refuse_quickstart_reuse(path):
     # the quickstart reuses the newest checkpoint in <workdir>/checkpoint when it has trained far enough
-    from models.quickstart import QuickstartConfig
-    from models.quickstart import train as quickstart_train
+    from models.serving.quickstart import QuickstartConfig
+    from models.serving.quickstart import train as quickstart_train
 
     quickstart_train(QuickstartConfig(workdir=str(path.parent.parent), progress=False), path.parent / "latents")
 
@@ -133,7 +133,7 @@ def test_a_pickled_object_is_refused_before_it_runs(booby_trapped, reader):
 def test_inference_script_refuses_a_pickled_object(booby_trapped, tmp_path, capsys):
     path, marker = booby_trapped
     image = tmp_path / "photo.png"
-    from models.video_io import save_image
+    from models.data.video_io import save_image
 
     save_image(torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(0)), image)
     out = tmp_path / "out"
@@ -248,7 +248,7 @@ def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
 
 
 def test_a_write_cut_short_by_a_kill_is_cleaned_up_when_training_resumes(tmp_path):
-    from models.training import remove_partial_writes
+    from models.training.loop import remove_partial_writes
 
     names = []
 
@@ -321,16 +321,16 @@ def test_safetensors_without_our_config_are_refused(tmp_path, tiny_weights, meta
 
 
 def test_load_checkpoint_reads_onto_map_location(tmp_path, tiny_weights, monkeypatch):
-    import models.checkpoint
+    import models.networks.checkpoint
 
     path = save_released_format(tmp_path / "released.pth", *tiny_weights)
-    asked, real_read = [], models.checkpoint.read_checkpoint
+    asked, real_read = [], models.networks.checkpoint.read_checkpoint
 
     def spy(path, map_location="cpu"):  # the tensors are read straight onto the device, not via the CPU
         asked.append(map_location)
         return real_read(path, "cpu")
 
-    monkeypatch.setattr(models.checkpoint, "read_checkpoint", spy)
+    monkeypatch.setattr(models.networks.checkpoint, "read_checkpoint", spy)
     unet, adapter, _ = load_checkpoint(path, map_location="meta", config_overrides=PRESETS["tiny"])
     assert asked == ["meta"]
     assert {p.device.type for p in [*unet.parameters(), *adapter.parameters()]} == {"meta"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.cli import run_command
+from models.core.cli import run_command
 
 
 def test_a_user_error_is_one_message_and_status_2(capsys):

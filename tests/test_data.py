@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from models.data import LatentVideoDataset
-from models.manifest import append_manifest_entry, manifest_path, merge_manifests, read_manifest
+from models.core.manifest import append_manifest_entry, manifest_path, merge_manifests, read_manifest
+from models.data.dataset import LatentVideoDataset
 
 
 def write_clip(root, name, *, frames=8, preprocessing="standard", manifest=True, seed=0, rank=None):

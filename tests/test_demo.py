@@ -19,11 +19,11 @@ import pytest
 import torch
 from browser import animate_in_page, chromium, error_in_page, missing_browser
 
-from models.animate import AnimateSettings, load_pipeline
-from models.checkpoint import RELEASED_CHECKPOINT_PATH
-from models.demo import ModelChoice, NoModelError, PhotoError, animate_photo, frames_range, resolve_model
-from models.quickstart import QuickstartConfig
-from models.video_io import probe_video
+from models.data.video_io import probe_video
+from models.networks.checkpoint import RELEASED_CHECKPOINT_PATH
+from models.serving.animate import AnimateSettings, load_pipeline
+from models.serving.demo import ModelChoice, NoModelError, PhotoError, animate_photo, frames_range, resolve_model
+from models.serving.quickstart import QuickstartConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -58,7 +58,7 @@ def test_no_model_names_the_commands_that_make_one(tmp_path, monkeypatch):
     with pytest.raises(NoModelError) as caught:
         resolve_model()
     message = str(caught.value)
-    assert "python -m models.quickstart" in message and f"curl -L -o {RELEASED_CHECKPOINT_PATH} 'https://" in message
+    assert "python -m models quickstart" in message and f"curl -L -o {RELEASED_CHECKPOINT_PATH} 'https://" in message
     assert "python app.py --checkpoint PATH" in message
 
 
@@ -90,7 +90,7 @@ def test_the_quickstart_model_needs_its_encoders(tmp_path, monkeypatch):
 
 
 def test_frames_offered_are_the_ones_the_unet_takes():
-    from models.config import get_preset
+    from models.core.config import get_preset
 
     assert frames_range(get_preset("tiny")) == (2, 8, 2)
     assert frames_range(get_preset("paper")) == (2, 70, 2)
@@ -124,7 +124,7 @@ def test_animate_photo_writes_each_video_its_gif_and_settings_in_a_folder_of_its
         sidecar = first.sidecars[f"synthetic_sample{k}.mp4"]
         assert (sidecar["frames"], sidecar["steps"], sidecar["seed"], sidecar["fps"], sidecar["sample_index"]) == (4, 2, 3, 10, k)
     # the same settings give the same videos; the two samples differ
-    from models.video_io import read_video_frames
+    from models.data.video_io import read_video_frames
 
     a, b = (read_video_frames(made.videos[1]) for made in (first, second))
     assert torch.equal(a, b) and not torch.equal(a, read_video_frames(first.videos[0]))
@@ -142,11 +142,11 @@ def test_a_photo_that_cannot_be_read_is_named_and_leaves_nothing(tmp_path, tiny_
 
 def test_no_model_gives_a_page_that_says_what_to_run(tmp_path, monkeypatch):
     require_demo(missing_packages())
-    from models.demo_page import build_page
+    from models.serving.demo_page import build_page
 
     monkeypatch.chdir(tmp_path)
     page, problem = build_page(output_dir=tmp_path / "out")
-    assert "python -m models.quickstart" in problem
+    assert "python -m models quickstart" in problem
     texts = [c.get("props", {}).get("value") for c in page.get_config_file()["components"]]
     assert any(isinstance(text, str) and problem in text for text in texts), "the page does not show the message"
 

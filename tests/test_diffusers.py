@@ -1,5 +1,5 @@
 """The diffusers-native surface with tiny real components, offline: the networks' registered configs, pipeline
-folders made by `models.convert` and `save_pretrained`, the diffusers-style call and the model card."""
+folders made by `models.pipeline.convert` and `save_pretrained`, the diffusers-style call and the model card."""
 
 import json
 
@@ -10,15 +10,16 @@ import yaml
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
-from models import convert as convert_module
-from models.adapter import EmbeddingAdapter
-from models.checkpoint import build_models
-from models.config import get_preset
-from models.convert import WeightsSource, card_metadata, convert
-from models.outputs import OutputLocationError
-from models.pipeline import FashionFlowPipeline, FashionFlowPipelineOutput, sample_generator
-from models.unet import SpaceTimeUnet
-from models.video_io import frames_to_tensor, frames_to_uint8, load_image
+from models.core.config import get_preset
+from models.core.outputs import OutputLocationError
+from models.data.video_io import frames_to_tensor, frames_to_uint8, load_image
+from models.networks.adapter import EmbeddingAdapter
+from models.networks.checkpoint import WeightsSource, build_models
+from models.networks.unet import SpaceTimeUnet
+from models.pipeline import convert as convert_module
+from models.pipeline.convert import convert
+from models.pipeline.hub import card_metadata
+from models.pipeline.pipeline import FashionFlowPipeline, FashionFlowPipelineOutput, sample_generator
 
 TINY = get_preset("tiny")
 COMPONENTS = ("unet", "adapter", "vae", "image_encoder", "feature_extractor", "scheduler")
@@ -138,7 +139,8 @@ def test_folder_layout(folders):
     folder = folders["ours"]
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "FashionFlowPipeline" and index["preprocessing"] == "standard"
-    assert index["unet"] == ["models.unet", "SpaceTimeUnet"] and index["adapter"] == ["models.adapter", "EmbeddingAdapter"]
+    assert index["unet"] == ["models.networks.unet", "SpaceTimeUnet"]
+    assert index["adapter"] == ["models.networks.adapter", "EmbeddingAdapter"]
     assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["image_encoder"] == ["transformers", "CLIPVisionModel"]
     for name in ("unet", "adapter", "vae"):
         assert (folder / name / "config.json").is_file() and (folder / name / "diffusion_pytorch_model.safetensors").is_file()
@@ -400,7 +402,7 @@ def test_the_pipeline_saves_and_uploads_the_model_card_that_convert_does(parts, 
 
 
 def test_our_checkpoints_convert_their_ema_weights_by_default(parts, tmp_path):
-    from models.checkpoint import read_checkpoint, save_checkpoint
+    from models.networks.checkpoint import read_checkpoint, save_checkpoint
 
     ckpt = read_checkpoint(parts["ours"])
     unet, adapter = build_models(ckpt["config"])
@@ -422,7 +424,7 @@ def test_our_checkpoints_convert_their_ema_weights_by_default(parts, tmp_path):
 
 
 def test_inference_takes_a_pipeline_folder(folders, parts):
-    from models.animate import load_pipeline
+    from models.serving.animate import load_pipeline
 
     pipe, precision = load_pipeline(folders["ours"], device="cpu")
     assert precision == "fp32" and pipe.unet.dtype == torch.float32

@@ -5,14 +5,9 @@ import math
 import pytest
 import torch
 
-from models.diffusion import (
-    SAMPLERS,
-    NoiseSchedule,
-    fashionflow_betas,
-    frame_conditioned_loss,
-    make_scheduler,
-    sample_latents,
-)
+from models.diffusion.samplers import SAMPLERS, make_scheduler
+from models.diffusion.sampling import sample_latents
+from models.diffusion.schedule import NoiseSchedule, fashionflow_betas, frame_conditioned_loss
 
 
 def test_betas_follow_spec_formula():

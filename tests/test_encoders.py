@@ -6,8 +6,8 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from models.config import get_preset
-from models.encoders import (
+from models.core.config import get_preset
+from models.networks.encoders import (
     CLIP_MEAN,
     CLIP_STD,
     EncoderNotFoundError,
@@ -16,7 +16,7 @@ from models.encoders import (
     load_vae,
     preprocess_clip,
 )
-from models.tiny_components import build_tiny_clip, build_tiny_vae, save_tiny_encoders
+from models.networks.tiny_components import build_tiny_clip, build_tiny_vae, save_tiny_encoders
 
 MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)

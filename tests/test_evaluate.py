@@ -12,8 +12,10 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from traps import assert_refused_and_explained
 
-from models.evaluate import main, pair_videos, read_sidecar
-from models.feature_nets import (
+from models.core.files import UnsafeCheckpointError
+from models.data.video_io import read_video_frames, write_mp4
+from models.evaluation.evaluate import main, pair_videos, read_sidecar
+from models.evaluation.feature_nets import (
     LPIPS,
     WEIGHTS,
     FIDInceptionV3,
@@ -24,9 +26,7 @@ from models.feature_nets import (
     load_lpips,
     resolve_weights,
 )
-from models.files import UnsafeCheckpointError
-from models.metrics import FeatureStats, frechet_distance, psnr, ssim
-from models.video_io import read_video_frames, write_mp4
+from models.evaluation.metrics import FeatureStats, frechet_distance, psnr, ssim
 
 SIZE = (128, 96)  # (H, W) the end-to-end runs compare at, to stay fast on CPU
 

@@ -175,7 +175,7 @@ def test_on_a_gpu_the_suite_runs_its_parts_in_order_with_the_gpu_flags(tmp_path)
     ran = calls.read_text().splitlines()
     paper = f"bench/bench_paper.py --device cuda --encoders {tmp_path / 'standins'} --sections"
     expected = [
-        "-m models.standins --output_dir " + str(tmp_path / "standins"),
+        "-m models standins --output_dir " + str(tmp_path / "standins"),
         f"{paper} inference --json {raw}/paper_inference.json",
         f"{paper} compiled --compile --json {raw}/paper_compiled.json",
         "--device cuda --no_progress",  # gpu_torchrun.sh's projection

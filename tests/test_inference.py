@@ -14,7 +14,7 @@ from PIL import Image
 from traps import assert_refused_and_explained
 
 import inference
-from models.pipeline import DEFAULT_SAMPLER
+from models.diffusion.samplers import DEFAULT_SAMPLER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -293,7 +293,7 @@ def test_unusable_folder_entries_are_reported_and_the_rest_animated(parts, tmp_p
 def test_compile_flag_picks_full_by_default_or_regional(parts):
     """--compile alone compiles each network whole, --compile regional their repeated blocks in place; both lazily,
     so loading costs nothing here (test_pipeline.py runs a compiled pipeline)."""
-    from models.animate import load_pipeline
+    from models.serving.animate import load_pipeline
 
     parse = inference.build_parser().parse_args
     assert parse([]).compile is None and parse(["--compile"]).compile == "full"

@@ -1,4 +1,4 @@
-"""Videos longer than the trained length and looping videos (models/long_video.py), with tiny real components."""
+"""Videos longer than the trained length and looping videos (models/pipeline/long_video.py), with tiny real components."""
 
 import math
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.diffusion import NoiseSchedule, condition_first_frame
-from models.long_video import Window, crossfade_weights, plan_windows, sample_long_video
-from models.pipeline import FashionFlowPipeline, sample_generator
+from models.diffusion.schedule import NoiseSchedule, condition_first_frame
+from models.pipeline.long_video import Window, crossfade_weights, plan_windows, sample_long_video
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from conftest import FIXTURES, ROOT
 
 from models import EmbeddingAdapter, SpaceTimeUnet, get_preset
-from models.structure import parse_totals
+from models.networks.structure import parse_totals
 
 PAPER_PARAMS = 71_671_548
 PAPER_MULT_ADDS_G = 732.56

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from models.files import fit_name
-from models.outputs import OutputLocationError, RunLock, RunLockedError, ensure_writable_dir
+from models.core.files import fit_name
+from models.core.outputs import OutputLocationError, RunLock, RunLockedError, ensure_writable_dir
 
 
 def test_long_names_shortened_to_fit_stay_distinct():

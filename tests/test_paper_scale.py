@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import inference
-from models.checkpoint import build_models
-from models.config import get_preset
-from models.inference_io import BackgroundWriter
-from models.pipeline import FashionFlowPipeline, sample_generator
+from models.core.config import get_preset
+from models.networks.checkpoint import build_models
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator
+from models.serving.inference_io import BackgroundWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ CLIP_B32_VISION_PARAMS = 87_456_000
 
 
 def test_standins_have_the_published_architectures():
-    from models.standins import build_standin_clip, build_standin_vae
+    from models.networks.standins import build_standin_clip, build_standin_vae
 
     with torch.device("meta"):  # no memory, no time: only the architecture is checked
         vae, clip = build_standin_vae(), build_standin_clip()
@@ -41,9 +41,9 @@ def test_standins_have_the_published_architectures():
 
 
 def test_loading_a_standin_folder_says_its_outputs_are_noise(tmp_path):
-    from models.encoders import load_clip, load_vae
-    from models.standins import STANDIN_MARKER
-    from models.tiny_components import save_tiny_encoders
+    from models.networks.encoders import load_clip, load_vae
+    from models.networks.standins import STANDIN_MARKER
+    from models.networks.tiny_components import save_tiny_encoders
 
     vae_dir, clip_dir = save_tiny_encoders(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
@@ -85,7 +85,7 @@ def test_pipeline_in_bf16_weights_stays_close_to_fp32(parts):
         videos[dtype] = pipe(
             images, num_frames=4, steps=2, generator=[sample_generator(0, 0, 0)], progress=False, output_type="pt"
         ).frames
-    from models.metrics import psnr
+    from models.evaluation.metrics import psnr
 
     assert videos[torch.bfloat16].dtype == torch.float32
     assert psnr(videos[torch.bfloat16], videos[torch.float32]).min() > 25
@@ -157,7 +157,7 @@ def test_background_writer_overlaps_one_write_and_reraises_errors():
 
 def test_a_launcher_gets_a_process_group_even_for_one_process(monkeypatch):
     """torchrun sets RANK even for one process: training then takes the DDP path, as on several GPUs."""
-    from models.distributed import cleanup_distributed, setup_distributed
+    from models.core.distributed import cleanup_distributed, setup_distributed
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,7 +188,7 @@ def test_bench_reports_are_printed_and_written_where_asked(tmp_path, capsys):
 @pytest.mark.parametrize("module", ["video_io", "data", "manifest", "projection", "evaluate", "inference_io", "files", "outputs"])
 def test_light_modules_do_not_import_the_networks(module):
     """Writing a PNG or reading a manifest must not depend on the model code (nor load diffusers)."""
-    heavy = ("models.unet", "models.checkpoint", "diffusers")
+    heavy = ("models.networks.unet", "models.networks.checkpoint", "diffusers")
     code = f"import sys, models.{module}; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from models.checkpoint import build_models
-from models.config import get_preset
-from models.diffusion import make_scheduler
-from models.pipeline import FashionFlowPipeline, resolve_precision, sample_generator
-from models.unet import SpaceTimeUnet
+from models.core.config import get_preset
+from models.core.precision import resolve_precision
+from models.diffusion.samplers import make_scheduler
+from models.networks.checkpoint import build_models
+from models.networks.unet import SpaceTimeUnet
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_released_and_our_format_give_the_same_video(parts, pipe):
 
 
 def test_released_format_without_preset_means_paper(parts):
-    from models.files import CheckpointError
+    from models.core.files import CheckpointError
 
     with pytest.raises(CheckpointError, match="does not fit the SpaceTimeUnet"):
         FashionFlowPipeline.from_checkpoint(parts["released"], vae=str(parts["vae"]), clip=str(parts["clip"]))
@@ -169,7 +170,7 @@ def test_generators_are_distinct_and_reproducible():
 
 def test_training_can_share_the_pipeline(parts, pipe):
     """The pipeline works on modules built in memory (what training's sample videos use), weights unchanged."""
-    from models.encoders import FrozenEncoders
+    from models.networks.encoders import FrozenEncoders
 
     unet, adapter = build_models(pipe.model_config)
     unet.load_state_dict(pipe.unet.state_dict())
@@ -191,7 +192,7 @@ def test_regional_compile_gives_the_eager_video_and_compiles_once(parts):
     a second video recompiles nothing (the decoder's padded last chunk included), the state-dict keys stay."""
     from torch._dynamo.utils import counters
 
-    from models.encoders import FrozenEncoders
+    from models.networks.encoders import FrozenEncoders
 
     # one level instead of tiny's two: still every repeated block class (the mid block holds the self-attention),
     # in half the tracing time, which dominates this test on a 2-core CPU

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import LatentVideoDataset
-from models.encoders import FrozenEncoders
-from models.manifest import merge_manifests, read_manifest
-from models.projection import choose_starts, project_dataset
-from models.tiny_components import build_tiny_vae, save_tiny_encoders
-from models.video_io import count_frames, read_video_frames, write_mp4
+from models.core.manifest import merge_manifests, read_manifest
+from models.data.dataset import LatentVideoDataset
+from models.data.projection import choose_starts, project_dataset
+from models.data.video_io import count_frames, read_video_frames, write_mp4
+from models.networks.encoders import FrozenEncoders
+from models.networks.tiny_components import build_tiny_vae, save_tiny_encoders
 from project_latent_space import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,11 +219,11 @@ def test_a_video_exactly_one_clip_long_is_projected(vae_dir, tmp_path):
 
 
 def test_a_container_that_understates_its_length_is_counted(good_videos, vae_dir, tmp_path, monkeypatch):
-    import models.projection
-    from models.video_io import VideoInfo
+    import models.data.projection
+    from models.data.video_io import VideoInfo
 
-    real = models.projection.probe_video
-    monkeypatch.setattr(models.projection, "probe_video", lambda path: VideoInfo(3, *list(vars(real(path)).values())[1:]))
+    real = models.data.projection.probe_video
+    monkeypatch.setattr(models.data.projection, "probe_video", lambda path: VideoInfo(3, *list(vars(real(path)).values())[1:]))
     encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
     summary = project_dataset(good_videos, tmp_path / "out", encoders, frames=8, size=SIZE, preprocessing="standard",
                               vae=str(vae_dir), progress=False)  # fmt: skip
@@ -231,7 +231,7 @@ def test_a_container_that_understates_its_length_is_counted(good_videos, vae_dir
 
 
 def test_a_finished_video_is_not_opened_again(good_videos, vae_dir, tmp_path, monkeypatch):
-    import models.projection
+    import models.data.projection
 
     encoders = FrozenEncoders.from_pretrained(vae=vae_dir, clip=None, preprocessing="standard")
     options = dict(frames=8, clips_per_video=2, size=SIZE, preprocessing="standard", vae=str(vae_dir), progress=False)
@@ -240,8 +240,8 @@ def test_a_finished_video_is_not_opened_again(good_videos, vae_dir, tmp_path, mo
     def no_opening(path):
         raise AssertionError(f"{path} was opened although all its clips are done")
 
-    monkeypatch.setattr(models.projection, "probe_video", no_opening)
-    monkeypatch.setattr(models.projection, "iter_video_frames", no_opening)
+    monkeypatch.setattr(models.data.projection, "probe_video", no_opening)
+    monkeypatch.setattr(models.data.projection, "iter_video_frames", no_opening)
     again = project_dataset(good_videos, tmp_path, encoders, **options)
     assert sorted(again.already_done) == ["blue01", "blue01_clip1", "green03", "green03_clip1"]
     assert not again.projected and not again.failed
@@ -499,7 +499,7 @@ def test_long_names_and_entries_that_are_not_videos_are_reported(good_videos, va
 
 
 def test_the_summary_of_several_ranks_adds_up_and_reads_as_printed():
-    from models.projection import ProjectionSummary
+    from models.data.projection import ProjectionSummary
 
     parts = [
         ProjectionSummary(projected=["a"], already_done=["b"], skipped={"x.mp4": "too short"}, frames_encoded=8),
@@ -521,7 +521,7 @@ def test_the_summary_of_several_ranks_adds_up_and_reads_as_printed():
 
 
 def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, monkeypatch):
-    from models.manifest import same_setting
+    from models.core.manifest import same_setting
 
     monkeypatch.chdir(tmp_path)
     assert same_setting("org/vae", "org/vae") and not same_setting("org/vae", "./org/vae")  # hub ids: the text
@@ -531,7 +531,7 @@ def test_a_setting_is_the_same_folder_only_when_both_spellings_exist(tmp_path, m
 
 
 def test_the_video_list_skips_hidden_files_and_keeps_folders_to_name_them(tmp_path):
-    from models.projection import _unusable, list_videos
+    from models.data.projection import _unusable, list_videos
 
     for name in ("b.mp4", "a.mov", ".a.mp4.part"):
         (tmp_path / name).write_bytes(b"")
@@ -542,7 +542,7 @@ def test_the_video_list_skips_hidden_files_and_keeps_folders_to_name_them(tmp_pa
 
 
 def test_every_video_whose_outputs_would_overwrite_anothers_is_named(tmp_path):
-    from models.projection import _unusable
+    from models.data.projection import _unusable
 
     videos = [tmp_path / n for n in ("a.mov", "a.mp4", "b.mp4", "b_image.mp4", "c.mp4", "c_clip1.mp4", "d.mp4")]
     for video in videos:
@@ -554,8 +554,8 @@ def test_every_video_whose_outputs_would_overwrite_anothers_is_named(tmp_path):
 
 
 def test_projection_encoders_take_the_asked_preprocessing_precision_and_device(vae_dir, monkeypatch):
-    import models.encoders
-    from models.config import get_preset
+    import models.networks.encoders
+    from models.core.config import get_preset
 
     def vae_only(preprocessing, **kwargs):  # what projection.project loads: the VAE alone
         return FrozenEncoders.from_config(
@@ -565,13 +565,13 @@ def test_projection_encoders_take_the_asked_preprocessing_precision_and_device(v
     encoders = vae_only("standard", dtype=torch.bfloat16)
     assert (encoders.preprocessing, encoders.dtype, encoders.device.type) == ("standard", torch.bfloat16, "cpu")
     assert encoders.clip is None
-    asked, real_load = [], models.encoders.load_vae
+    asked, real_load = [], models.networks.encoders.load_vae
 
     def spy(name, *, device, dtype):  # the device reaches the loader; the weights stay on this CPU-only machine
         asked.append((device, dtype))
         return real_load(name, device="cpu", dtype=dtype)
 
-    monkeypatch.setattr(models.encoders, "load_vae", spy)
+    monkeypatch.setattr(models.networks.encoders, "load_vae", spy)
     vae_only("legacy", device="cuda:1", dtype=torch.float16)
     assert asked == [("cuda:1", torch.float16)]
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.metrics import psnr, ssim
-from models.quickstart import (
+from models.data.synthetic import clip_params, render_clip
+from models.data.video_io import read_video_frames
+from models.evaluation.metrics import psnr, ssim
+from models.serving.quickstart import (
     METHODS,
     QuickstartConfig,
     closing_message,
@@ -17,8 +19,6 @@ from models.quickstart import (
     motion_magnitude,
     run,
 )
-from models.synthetic import clip_params, render_clip
-from models.video_io import read_video_frames
 
 SIZE = (64, 48)
 

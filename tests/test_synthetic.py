@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.synthetic import GARMENTS, PATTERNS, make_synthetic_dataset, render_clip, sample_params
-from models.video_io import count_frames, probe_video, read_video_frames
+from models.data.synthetic import GARMENTS, PATTERNS, make_synthetic_dataset, render_clip, sample_params
+from models.data.video_io import count_frames, probe_video, read_video_frames
 
 
 def params(seed: int):

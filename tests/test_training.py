@@ -24,18 +24,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
-from models.checkpoint import build_models, read_checkpoint  # noqa: E402
-from models.config import get_preset  # noqa: E402
-from models.files import CheckpointError, UnsafeCheckpointError  # noqa: E402
-from models.outputs import OutputLocationError  # noqa: E402
-from models.training import TrainConfig, train, weights_digest  # noqa: E402
+from models.core.config import get_preset  # noqa: E402
+from models.core.files import CheckpointError, UnsafeCheckpointError  # noqa: E402
+from models.core.outputs import OutputLocationError  # noqa: E402
+from models.networks.checkpoint import build_models, read_checkpoint  # noqa: E402
+from models.training.loop import TrainConfig, train, weights_digest  # noqa: E402
 
 FRAMES, CHANNELS, LATENT_HW, IMAGE_HW = 8, 4, (16, 12), (64, 48)
 
 
 @pytest.fixture(scope="module")
 def encoder_dirs(tmp_path_factory):
-    from models.tiny_components import save_tiny_encoders
+    from models.networks.tiny_components import save_tiny_encoders
 
     return save_tiny_encoders(tmp_path_factory.mktemp("encoders"))
 
@@ -261,7 +261,7 @@ def test_sample_video_from_a_training_image(tmp_path, encoder_dirs):
     train(cfg)
     mp4 = Path(cfg.sample_dir) / "step_0000002.mp4"
     assert mp4.is_file() and mp4.stat().st_size > 0
-    from models.video_io import probe_video
+    from models.data.video_io import probe_video
 
     info = probe_video(mp4)
     assert info.frames == FRAMES and (info.height, info.width) == IMAGE_HW
@@ -319,7 +319,7 @@ def test_unwritable_outputs_fail_before_the_first_step(tmp_path, encoder_dirs, m
     def started(*args, **kwargs):
         raise AssertionError("training started although an output folder is unusable")
 
-    monkeypatch.setattr("models.training.build_models", started)
+    monkeypatch.setattr("models.training.loop.build_models", started)
     with pytest.raises(OutputLocationError, match=rf"--{flag} {target}"):
         train(cfg)
 
@@ -484,7 +484,7 @@ def assert_params_close(module: torch.nn.Module, expected: dict) -> None:
 
 
 def test_one_ema_update_follows_the_formula_with_its_warm_up():
-    from models.training import EMA
+    from models.training.loop import EMA
 
     torch.manual_seed(0)
     unet, adapter = build_models(get_preset("tiny"))
@@ -508,7 +508,7 @@ def test_one_ema_update_follows_the_formula_with_its_warm_up():
 
 
 def test_ema_decay_is_capped_by_the_configured_decay():
-    from models.training import EMA
+    from models.training.loop import EMA
 
     torch.manual_seed(0)
     unet, adapter = build_models(get_preset("tiny"))
@@ -571,7 +571,7 @@ def reference_order(n: int, epoch: int, *, seed: int = 0, rank: int = 0, world_s
 def stream(items: list, *, batch_size: int, epoch: int = 0, start_batch: int = 0, rank: int = 0, world_size: int = 1):
     from torch.utils.data import DataLoader
 
-    from models.training import ResumableSampler, epoch_batches
+    from models.training.loop import ResumableSampler, epoch_batches
 
     sampler = ResumableSampler(items, num_replicas=world_size, rank=rank, seed=0)
     loader = DataLoader(items, batch_size=batch_size, sampler=sampler, drop_last=True)
@@ -615,7 +615,7 @@ def test_a_resumed_stream_continues_the_interrupted_epochs_order():
 def test_resuming_mid_epoch_loads_only_the_rest_of_that_epoch():
     from torch.utils.data import DataLoader
 
-    from models.training import ResumableSampler, epoch_batches
+    from models.training.loop import ResumableSampler, epoch_batches
 
     loaded = []
 
@@ -635,7 +635,7 @@ def test_resuming_mid_epoch_loads_only_the_rest_of_that_epoch():
 
 
 def test_training_shuffles_every_epoch_and_a_resumed_run_continues_the_epoch(tmp_path, encoder_dirs, monkeypatch):
-    from models.data import LatentVideoDataset
+    from models.data.dataset import LatentVideoDataset
 
     seen = []
     original = LatentVideoDataset.__getitem__
@@ -661,8 +661,8 @@ def test_training_shuffles_every_epoch_and_a_resumed_run_continues_the_epoch(tmp
 
 @pytest.mark.parametrize("part,what", [("net", "EMA SpaceTimeUnet"), ("adapter", "EMA EmbeddingAdapter")])
 def test_resuming_an_ema_with_a_missing_key_names_the_part_and_the_file(part, what):
-    from models.checkpoint import CheckpointError
-    from models.training import EMA
+    from models.networks.checkpoint import CheckpointError
+    from models.training.loop import EMA
 
     unet, adapter = build_models(get_preset("tiny"))
     ema = EMA(unet, adapter, decay=0.9999)
@@ -681,8 +681,8 @@ def test_resuming_an_ema_with_a_missing_key_names_the_part_and_the_file(part, wh
 
 
 def test_rng_states_round_trip_and_are_restored_only_for_the_same_world_size(monkeypatch):
-    from models.distributed import DistEnv
-    from models.training import collect_rng_states, restore_rng_states
+    from models.core.distributed import DistEnv
+    from models.training.loop import collect_rng_states, restore_rng_states
 
     generator = torch.Generator().manual_seed(3)
     torch.manual_seed(4)
@@ -710,7 +710,7 @@ def test_rng_states_round_trip_and_are_restored_only_for_the_same_world_size(mon
 
 
 def test_the_ema_copies_buffers_and_counts_every_update():
-    from models.training import EMA
+    from models.training.loop import EMA
 
     live, other = torch.nn.BatchNorm1d(3), torch.nn.Linear(2, 2)  # BatchNorm's running statistics are buffers
     ema = EMA(live, other, decay=0.9999)
@@ -730,7 +730,7 @@ def test_the_ema_copies_buffers_and_counts_every_update():
 
 
 def test_ema_of_wrapped_modules_averages_the_bare_ones():
-    from models.training import EMA
+    from models.training.loop import EMA
 
     class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like from outside: `.module`
         def __init__(self, module):
@@ -748,7 +748,7 @@ def test_ema_of_wrapped_modules_averages_the_bare_ones():
 
 
 def test_uneven_ranks_drop_the_remainder_and_the_seed_shapes_the_order():
-    from models.training import ResumableSampler
+    from models.training.loop import ResumableSampler
 
     items = list(range(10))
     per_rank = [list(ResumableSampler(items, num_replicas=3, rank=r, seed=5)) for r in range(3)]
@@ -763,8 +763,8 @@ def test_uneven_ranks_drop_the_remainder_and_the_seed_shapes_the_order():
 
 
 def test_resume_setting_picks_the_checkpoint(tmp_path):
-    from models.checkpoint import save_checkpoint
-    from models.training import resolve_resume
+    from models.networks.checkpoint import save_checkpoint
+    from models.training.loop import resolve_resume
 
     said = []
     assert resolve_resume("none", tmp_path, said.append) == (None, None) == resolve_resume("", tmp_path, said.append)
@@ -782,7 +782,7 @@ def test_resume_setting_picks_the_checkpoint(tmp_path):
 
 
 def test_a_resumed_run_keeps_its_checkpoints_architecture(tmp_path, encoder_dirs):
-    from models.training import model_config_for
+    from models.training.loop import model_config_for
 
     fresh = model_config_for(TrainConfig(preset="tiny", vae="my/vae", clip="my/clip"), None)
     assert fresh == get_preset("tiny", vae="my/vae", clip="my/clip")
@@ -796,7 +796,7 @@ def test_a_resumed_run_keeps_its_checkpoints_architecture(tmp_path, encoder_dirs
 
 
 def test_latest_pth_points_at_the_newest_checkpoint(tmp_path):
-    from models.training import point_latest, prune_checkpoints
+    from models.training.loop import point_latest, prune_checkpoints
 
     for step in (1, 2, 3, 4):
         path = tmp_path / f"step_{step:07d}.pth"
@@ -912,11 +912,11 @@ def test_a_run_says_what_it_will_do_each_checkpoint_and_validation_and_sums_up(t
 
 
 def test_the_validation_loss_draws_the_same_timesteps_and_noise_for_each_clip_every_time(tmp_path, encoder_dirs):
-    from models.data import LatentVideoDataset
-    from models.diffusion import NoiseSchedule
-    from models.encoders import FrozenEncoders
-    from models.training import TrainingObjective
-    from models.validation import validation_loss
+    from models.data.dataset import LatentVideoDataset
+    from models.diffusion.schedule import NoiseSchedule
+    from models.networks.encoders import FrozenEncoders
+    from models.training.loop import TrainingObjective
+    from models.training.validation import validation_loss
 
     vae, clip = encoder_dirs
     config = get_preset("tiny", vae=str(vae), clip=str(clip))
@@ -942,7 +942,7 @@ def test_the_validation_loss_draws_the_same_timesteps_and_noise_for_each_clip_ev
 def test_progress_bars_refresh_at_most_every_few_seconds_when_not_on_a_terminal():
     import io
 
-    from models.progress import NON_TTY_REFRESH_SECONDS, progress_bar
+    from models.core.progress import NON_TTY_REFRESH_SECONDS, progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self):

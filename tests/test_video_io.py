@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.video_io import (
+from models.data.video_io import (
     ImageReadError,
     VideoReadError,
     count_frames,
@@ -113,7 +113,7 @@ def test_write_mp4_is_atomic_and_reports_ffmpeg_errors(tmp_path, monkeypatch):
     failing = tmp_path.parent / f"{tmp_path.name}_failing_ffmpeg.sh"
     failing.write_text("#!/bin/sh\necho 'Unknown encoder libx264' >&2\nexit 3\n")
     failing.chmod(0o755)
-    monkeypatch.setattr("models.video_io.ffmpeg_exe", lambda: str(failing))
+    monkeypatch.setattr("models.data.video_io.ffmpeg_exe", lambda: str(failing))
     with pytest.raises(RuntimeError, match=r"ffmpeg failed \(exit 3\).*Unknown encoder libx264"):
         write_mp4(moving_frames(n=50, height=256, width=256), path)  # enough bytes to fill the pipe
     assert path.read_bytes() == before

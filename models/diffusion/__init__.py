@@ -1,0 +1,1 @@
+"""The noise schedule, the training objective, the samplers and the sampling loop."""

@@ -1,0 +1,179 @@
+"""Videos longer than the model's trained length, and looping videos, from a `FashionFlowPipeline`.
+
+The model is trained on clips of `config.frames` frames (70 for the paper, 8 for the tiny preset), so a longer
+video is made of windows of that length. Window k > 0 starts on a frame of window k - 1 (`Window.start`): that
+frame is decoded, then encoded again with CLIP and the VAE exactly as a photo is (`pipeline.encode_image`), and
+the window is sampled conditioned on it (its context, and its latent held as frame 0). The next `overlap - 1`
+frames are also shared with the previous window; how they join is `overlap_mode`:
+
+- 'hold': they are held clean to the previous window's latents throughout denoising, as frame 0 is;
+- 'crossfade': they are sampled freely and the two windows' latents are cross-faded over the overlap.
+
+Looping (`loop=True`) samples `overlap` frames past the end and cross-fades them into the first `overlap` frames,
+as windows are joined: the video's first frame is then mostly the one that follows its last. (Holding an extra
+last frame to the photo's latent was measured first and did not close the loop: the model never saw a clean frame
+there.)
+
+Everything goes through the pipeline's four stages (`encode_image`, `prepare_latents`, `denoise`,
+`decode_latents`); each video's generator draws, window by window, the conditioning frame's posterior sample,
+the window's noise and its sampler noise, so a video still depends only on its seed. The overlap defaults were
+chosen by measurement (bench/bench_long_video.py, bench/results/long_video_cpu.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+OVERLAP_MODES = ("hold", "crossfade")
+# Chosen in bench/results/long_video_cpu.md on the quickstart's 8-frame model: see there for the figures.
+# Holding shared frames clean put frames the model never saw clean past frame 0 into its input: joins 3x the
+# ordinary frame-to-frame change and PSNR down 6 dB by the third window. Cross-fading half a window: joins 1.1x.
+DEFAULT_OVERLAP_MODE = "crossfade"
+DEFAULT_OVERLAP_FRACTION = 0.5  # of the window; at least the conditioning frame
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames [start, start + length) of the whole video; the first `overlap` are shared with the previous window
+    (0 for the first window). Frame `start` is the one the window is conditioned on."""
+
+    start: int
+    length: int
+    overlap: int
+
+
+def default_overlap(window: int) -> int:
+    return max(1, round(DEFAULT_OVERLAP_FRACTION * window))
+
+
+def check_overlap(overlap: int, window: int) -> int:
+    if not 1 <= overlap <= window - 1:
+        raise ValueError(
+            f"overlap must be between 1 (the conditioning frame alone) and {window - 1} (all but one frame of the "
+            f"model's {window}-frame window), got {overlap}"
+        )
+    return overlap
+
+
+def check_overlap_mode(mode: str) -> str:
+    if mode not in OVERLAP_MODES:
+        raise ValueError(f"overlap mode must be one of {OVERLAP_MODES}, got {mode!r}")
+    return mode
+
+
+def plan_windows(total: int, window: int, overlap: int) -> list[Window]:
+    """Windows of `window` frames covering frames [0, total), each sharing at least `overlap` frames with the one before.
+
+    As few windows as that takes, spread evenly from the first frame to the last (so none samples past the end and
+    the spare frames are shared out as extra overlap). A video no longer than one window is one window, cropped after.
+    """
+    check_overlap(overlap, window)
+    if total <= window:
+        return [Window(0, window, 0)]
+    count = 1 + math.ceil((total - window) / (window - overlap))
+    starts = [round(k * (total - window) / (count - 1)) for k in range(count)]
+    return [Window(start, window, 0 if k == 0 else starts[k - 1] + window - start) for k, start in enumerate(starts)]
+
+
+def crossfade_weights(overlap: int, mode: str) -> torch.Tensor:
+    """Weight [overlap] of the new window in each shared frame: 0 on the conditioning frame (the previous window's
+    frame is kept), rising linearly over the overlap for 'crossfade'; 0 throughout for 'hold', whose shared frames
+    are equal anyway."""
+    if mode == "hold":
+        return torch.zeros(overlap)
+    return torch.arange(overlap, dtype=torch.float32) / overlap
+
+
+def held_frames(window: Window, video: torch.Tensor, first: torch.Tensor, *, mode: str) -> torch.Tensor:
+    """What `window` holds clean while it is denoised, as `denoise` takes it: [b, c, length, h, w], NaN where free.
+
+    `video` [b, c, T, h, w]: the latents sampled so far; `first` [b, c, h, w]: the conditioning frame re-encoded.
+    """
+    b, c, _, h, w = video.shape
+    held = torch.full((b, c, window.length, h, w), math.nan, dtype=video.dtype, device=video.device)
+    held[:, :, 0] = first
+    if mode == "hold" and window.overlap > 1:
+        held[:, :, 1 : window.overlap] = video[:, :, window.start + 1 : window.start + window.overlap]
+    return held
+
+
+@torch.inference_mode()
+def sample_long_video(
+    pipeline,
+    images: torch.Tensor,
+    generators: list,
+    *,
+    window: int,
+    num_frames: int,
+    loop: bool = False,
+    overlap: int | None = None,
+    overlap_mode: str = DEFAULT_OVERLAP_MODE,
+    sampler: str | None,
+    steps: int,
+    precision: str = "fp32",
+    decode_chunk_size: int = 8,
+    progress: bool | None = True,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Videos of `num_frames` frames for `images [B, 3, H, W]` in [0, 1]: [B, F, 3, H, W] on the CPU.
+
+    `window`: the model's trained clip length (`config.frames`). `generators`: one per image (or None).
+    `callback(step, total, window latents)` runs after every denoising step of every window, `step` counting over
+    all windows.
+    """
+    from ..core.precision import autocast
+
+    length = window
+    overlap = check_overlap(default_overlap(length) if overlap is None else overlap, length)
+    check_overlap_mode(overlap_mode)
+    pipeline.check_num_frames(num_frames, loop=loop)
+    total = num_frames + overlap * int(loop)  # looping: frames past the end, to cross-fade into the head
+    windows = plan_windows(total, length, overlap)
+    bar = pipeline._progress_bar(len(windows) * steps, progress)
+
+    def encode(frames):  # [B, 3, H, W] -> (context, latent [B, c, h, w]), as the pipeline encodes a photo
+        with autocast(pipeline._execution_device, precision, pipeline.dtype):
+            return pipeline.encode_image(frames, generators)
+
+    context, photo_latent = encode(images)
+    video = None  # [B, c, T, h, w], filled window by window
+    for k, window in enumerate(windows):
+        if k > 0:
+            frame = pipeline.decode_latents(video[:, :, window.start : window.start + 1], precision=precision)
+            context, first = encode(frame[:, 0])
+        else:
+            first = photo_latent
+        if video is None:
+            b, c, h, w = first.shape
+            video = torch.zeros(b, c, max(total, length), h, w, device=first.device)
+        held = held_frames(window, video, first, mode=overlap_mode)
+
+        def on_step(i, n, x, k=k):
+            bar.update()
+            if callback is not None:
+                callback(k * steps + i, len(windows) * steps, x)
+
+        latents = pipeline.denoise(
+            pipeline.prepare_latents(len(images), length, generator=generators),
+            context,
+            held,
+            sampler=sampler,
+            steps=steps,
+            generator=generators,
+            precision=precision,
+            callback=on_step,
+        )
+        shared = slice(window.start, window.start + window.overlap)
+        weight = crossfade_weights(window.overlap, overlap_mode).to(video.device)[:, None, None]  # [overlap, 1, 1]
+        video[:, :, shared] = torch.lerp(video[:, :, shared], latents[:, :, : window.overlap].to(video.dtype), weight)
+        video[:, :, window.start + window.overlap : window.start + length] = latents[:, :, window.overlap :]
+    bar.close()
+    if loop:  # frame j of the head becomes (j + 1) / (overlap + 1) itself, the rest the frame j after the end
+        head, past_end = slice(0, overlap), slice(num_frames, num_frames + overlap)
+        weight = (torch.arange(overlap, device=video.device) + 1.0)[:, None, None] / (overlap + 1)  # [overlap, 1, 1]
+        video[:, :, head] = torch.lerp(video[:, :, past_end], video[:, :, head], weight)
+    return pipeline.decode_latents(video[:, :, :num_frames], decode_chunk_size, precision=precision)

@@ -1,0 +1,426 @@
+"""Animating inputs: photos or dataset frames in, videos on disk out. The work behind `inference.py`, shared by
+anything else that animates (the web demo, notebooks).
+
+    pipeline, precision = load_pipeline("checkpoint/FashionFlow_checkpoint.pth")
+    for result in animate(pipeline, image_inputs(["shoots/"]), AnimateSettings(precision=precision)):
+        print(result.item.path, result.videos or result.error)
+
+`animate` yields one `InputResult` per input as soon as all its samples are written (or it failed): an input
+that cannot be read, or whose files cannot be written, is reported and never stops the others. Videos are
+batched across inputs (`batch_size`), and the mp4 encoding of one batch runs on a background thread while the
+next is denoised. Every video depends only on (seed, input index, sample index), or with `seed_by='name'` on
+(seed, input name, sample index), so ranks can split the inputs (`rank`, `world_size`) and a rerun can keep what
+an earlier run finished: a video whose files are all there and whose sidecar (written last) records the same
+settings and source is skipped, not made again (`overwrite` makes it again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.config import DEFAULT_FPS, SEED_BY
+from ..core.distributed import rank_share
+from ..core.files import leftover_temp_files_in
+from ..core.manifest import same_setting
+from ..core.precision import PRECISIONS, default_precision, resolve_precision
+from ..core.profiling import memory_kind, peak_memory_mb, reset_peak_memory
+from ..core.progress import progress_bar
+from ..data.video_io import (
+    ImageReadError,
+    VideoReadError,
+    count_frames,
+    load_image,
+    not_a_file_reason,
+    probe_video,
+    read_video_frames,
+    save_image,
+    write_gif,
+    write_mp4,
+    write_png_frames,
+)
+from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..networks.checkpoint import RELEASED_CHECKPOINT_URL
+from ..networks.compiling import check_compile_mode
+from ..pipeline.long_video import check_overlap
+from ..pipeline.pipeline import LOW_MEMORY_DECODE_CHUNK, FashionFlowPipeline, sample_generator
+from .inference_io import (
+    BackgroundWriter,
+    InputItem,
+    input_image_path,
+    read_sidecar,
+    sample_outputs,
+    write_sidecar,
+)
+
+
+@dataclass
+class AnimateSettings:
+    """How to animate; the defaults are `inference.py`'s."""
+
+    output_dir: str = "result"
+    num_videos: int = 1  # per input, each from its own seed
+    frames: int | None = None  # default: the model's (70 for the paper)
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    seed_by: str = "index"  # or 'name': an input's videos do not change when inputs before it come or go
+    precision: str = "fp32"  # autocast precision when the weights are fp32 (the weights' dtype rules otherwise)
+    batch_size: int = 1  # videos denoised together
+    decode_chunk_size: int = 8
+    fps: int = DEFAULT_FPS
+    resize_mode: str = "resize"  # photos of another size: 'resize' stretches (as the original), 'crop' keeps the aspect
+    start_frame: int | str = 0  # dataset inputs: the frame to animate, or 'random' (from the seed)
+    loop: bool = False  # the last frame leads back into the first (models/pipeline/long_video.py)
+    overlap: int | None = None  # frames shared by consecutive windows (default: models/pipeline/long_video.py's)
+    gif: bool = False
+    png_frames: bool = False
+    low_memory: bool = False  # encoders in CPU memory while the UNet works, small decode chunks (under 12 GB)
+    progress: bool = True
+    record: dict = field(default_factory=dict)  # extra sidecar fields, e.g. the checkpoint; a rerun must match them
+    overwrite: bool = False  # make every video again, even one an earlier run completed with these settings
+    rank: int = 0  # this process animates inputs rank, rank + world_size, ... (the other ranks the rest)
+    world_size: int = 1
+
+
+@dataclass
+class SampleResult:
+    """One video of an input: written by this run, found complete from an earlier one (`skipped`), or failed."""
+
+    video: Path | None = None  # the mp4
+    sidecar: dict | None = None  # what its sidecar records
+    skipped: bool = False
+    error: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.video is not None or self.error is not None
+
+
+@dataclass
+class InputResult:
+    item: InputItem
+    index: int
+    samples: list[SampleResult] = field(default_factory=list)  # one per video, in sample order
+    start_frame: int | None = None  # None when the input was not read (all its videos found complete, or unreadable)
+    error: str | None = None
+    identity: dict = field(default_factory=dict)  # what its sidecars record of it (`input_identity`)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def videos(self) -> list[Path]:
+        """Its mp4s, written now or found complete, in sample order."""
+        return [s.video for s in self.samples if s.video is not None]
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.samples)
+
+    def fail(self, error: str) -> None:
+        """The input cannot be animated: `error` for it and for every video of it not found complete."""
+        self.error = error
+        for sample in self.samples:
+            if not sample.settled:
+                sample.error = error
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def is_pipeline_folder(path) -> bool:
+    """A folder written by `save_pretrained` / `python -m models convert` (it holds a `model_index.json`)."""
+    return (Path(path) / "model_index.json").is_file()
+
+
+def check_checkpoint(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} not found (nor a pipeline folder with a model_index.json). Download the released "
+            f"checkpoint from {RELEASED_CHECKPOINT_URL} into "
+            "checkpoint/, train your own (`python -m models quickstart` makes a tiny one offline), or pass "
+            "--pretrained_model <path>"
+        )
+    return path
+
+
+def load_pipeline(
+    checkpoint,
+    *,
+    vae: str | None = None,
+    clip: str | None = None,
+    preprocessing: str | None = None,
+    preset: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    autocast: bool = False,
+    compile: str | None = None,
+    use_ema: bool = True,
+) -> tuple[FashionFlowPipeline, str]:
+    """The pipeline set up for animating, and the precision it runs in. `checkpoint` is a checkpoint file of either
+    format or a pipeline folder (`models.pipeline.convert`, `save_pretrained`).
+
+    The weights are cast to `precision` (default: fp16 on CUDA, fp32 elsewhere) unless `autocast`, which keeps
+    them fp32 under autocast as the original did. `compile` ('full' or 'regional', models/networks/compiling.py) compiles the
+    UNet and the VAE decoder.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = resolve_precision(precision or default_precision(device), device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
+    dtype = torch.float32 if autocast else PRECISIONS[precision]
+    if is_pipeline_folder(checkpoint):
+        options = dict(vae=vae, clip=clip, preprocessing=preprocessing, preset=preset, no_ema=not use_ema)
+        given = [f"--{name}" for name, value in options.items() if value]
+        if given:
+            raise ValueError(
+                f"{checkpoint} is a pipeline folder, which fixes its encoders, preprocessing and weights: drop "
+                f"{', '.join(given)}, or pass the checkpoint it was converted from"
+            )
+        pipeline = FashionFlowPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(device)
+    else:
+        pipeline = FashionFlowPipeline.from_checkpoint(
+            check_checkpoint(checkpoint),
+            vae=vae,
+            clip=clip,
+            preprocessing=preprocessing,
+            preset=preset,
+            device=device,
+            dtype=dtype,
+            use_ema=use_ema,
+        )
+    if compile:
+        pipeline.compile(regional=check_compile_mode(compile) == "regional")
+    return pipeline, precision
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def seed_key(item: InputItem, index: int, settings: AnimateSettings) -> int:
+    """What seeds an input's videos (and random start frame) with `settings.seed`: its index in the inputs, or with
+    `seed_by='name'` a stable hash of its output name, so that adding or removing other inputs (a photo put in the
+    folder) changes neither its videos nor, on a rerun, whether they count as complete."""
+    if settings.seed_by == "index":
+        return index
+    return int.from_bytes(hashlib.sha256(item.stem.encode()).digest()[:8], "big")
+
+
+def pick_start_frame(item: InputItem, settings: AnimateSettings, index: int, frames: int) -> int:
+    """The dataset frame to animate; 'random' keeps the window [start, start + frames) inside the video."""
+    if settings.start_frame != "random":
+        return settings.start_frame
+    total = probe_video(item.path).frames or count_frames(item.path)
+    rng = np.random.default_rng([settings.seed, seed_key(item, index, settings)])
+    return int(rng.integers(0, max(total - frames, 0) + 1))
+
+
+def input_identity(item: InputItem, index: int, settings: AnimateSettings) -> dict:
+    """What the videos of one input depend on besides the run's settings, as their sidecars record it: the source,
+    its size and modification time (a photo replaced under the same name is animated again), its index when that
+    seeds it and, for a dataset video, the start frame asked for. Raises ImageReadError / VideoReadError when the
+    input is no readable file."""
+    reason = item.error or not_a_file_reason(item.path)
+    if reason is not None:
+        raise (ImageReadError if item.kind == "image" else VideoReadError)(item.path, reason)
+    stat = item.path.stat()
+    identity = {"source": str(item.path), "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    if settings.seed_by == "index":
+        identity["input_index"] = index
+    if item.kind == "video":
+        identity["start_frame_setting"] = settings.start_frame
+    return identity
+
+
+def load_input(item: InputItem, settings: AnimateSettings, index: int, size, frames: int) -> tuple[torch.Tensor, int]:
+    """(conditioning image [3, H, W], start frame) of one input; raises ImageReadError / VideoReadError."""
+    if item.kind == "image":
+        return load_image(item.path, size=size, resize_mode=settings.resize_mode), 0
+    start = pick_start_frame(item, settings, index, frames)
+    return read_video_frames(item.path, start=start, count=1, size=size)[0], start
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+def run_record(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> dict:
+    """The settings a video depends on, as every sidecar records them: a rerun makes again any video whose sidecar
+    records others. Memory and speed options (batch size, decode chunks, `low_memory`) are not among them."""
+    record = dict(
+        settings.record,
+        frames=settings.frames or pipeline.model_config.frames,
+        fps=settings.fps,
+        seed=settings.seed,
+        sampler=settings.sampler,
+        steps=settings.steps,
+        preprocessing=pipeline.encoders.preprocessing,
+        precision=settings.precision,
+        weights_dtype=str(pipeline.dtype).removeprefix("torch."),
+        resize_mode=settings.resize_mode,
+        loop=settings.loop,
+        overlap=settings.overlap,
+    )
+    if settings.seed_by != "index":  # recorded only then: sidecars written before `seed_by` existed still match
+        record["seed_by"] = settings.seed_by
+    return record
+
+
+def outputs_of(result: InputResult, sample: int, settings: AnimateSettings) -> dict[str, Path]:
+    return sample_outputs(settings.output_dir, result.item.stem, sample, gif=settings.gif, png_frames=settings.png_frames)
+
+
+def _reuse_earlier(result: InputResult, sample: int, settings: AnimateSettings, record: dict) -> bool:
+    """True, with the sample filled in as skipped, when an earlier run left this video complete: every file there
+    and a sidecar recording the same settings and the same source."""
+    files = outputs_of(result, sample, settings)
+    sidecar = read_sidecar(files["sidecar"])
+    if sidecar is None or not all(path.exists() for path in files.values()):
+        return False
+    wanted = {**record, **result.identity, "sample_index": sample}
+    if not all(same_setting(sidecar.get(key), value) for key, value in wanted.items()):
+        return False
+    result.samples[sample] = SampleResult(video=files["mp4"], sidecar=sidecar, skipped=True)
+    return True
+
+
+def write_sample(
+    video: torch.Tensor, result: InputResult, sample: int, settings: AnimateSettings, record: dict, seconds: float
+) -> SampleResult:
+    """`<stem>_sample<k>.mp4` (+ gif, png frames), then its sidecar, which marks it complete. `record` holds the
+    run's settings and how the batch was made (peak memory); `seconds` is the video's share of the batch's denoising,
+    to which the time spent writing it is added."""
+    start = time.perf_counter()
+    files = outputs_of(result, sample, settings)
+    write_mp4(video, files["mp4"], fps=settings.fps)
+    if settings.gif:
+        write_gif(video, files["gif"], fps=settings.fps)
+    if settings.png_frames:
+        for leftover in leftover_temp_files_in(files["frames"]):  # a killed run's, made again now
+            leftover.unlink(missing_ok=True)
+        write_png_frames(video, files["frames"], prefix="frame")
+    seconds = round(seconds + time.perf_counter() - start, 3)
+    sidecar = dict(record, **result.identity, sample_index=sample, start_frame=result.start_frame, seconds=seconds)
+    write_sidecar(files["sidecar"], sidecar)
+    return SampleResult(video=files["mp4"], sidecar=sidecar)
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+
+
+def _videos_to_make(result: InputResult, settings: AnimateSettings, record: dict) -> list[int]:
+    """The sample indices of an input to make now: all with `overwrite`, else those no earlier run completed."""
+    return [k for k in range(settings.num_videos) if settings.overwrite or not _reuse_earlier(result, k, settings, record)]
+
+
+def _samples(pipeline, inputs: Iterable[InputItem], settings: AnimateSettings, frames: int, record: dict):
+    """(result, sample index, image) for every video of this rank's inputs still to make, and (result, None, None)
+    for an input with nothing to make: every video found complete, or the input unreadable."""
+    for index, item in rank_share(enumerate(inputs), settings.rank, settings.world_size):
+        result = InputResult(item, index, [SampleResult() for _ in range(settings.num_videos)])
+        try:
+            result.identity = input_identity(item, index, settings)
+            todo = _videos_to_make(result, settings, record)
+            if todo:
+                image, result.start_frame = load_input(item, settings, index, pipeline.image_size, frames)
+                for sample in todo:  # their files change now: until its new sidecar, no video may count as complete
+                    outputs_of(result, sample, settings)["sidecar"].unlink(missing_ok=True)
+                save_image(image, input_image_path(settings.output_dir, item.stem))
+        except (ImageReadError, VideoReadError, OSError) as error:
+            result.fail(str(error))
+            todo = []
+        if not todo:
+            yield result, None, None
+        for sample in todo:
+            yield result, sample, image
+
+
+def _share_size(inputs, settings: AnimateSettings) -> int | None:
+    """How many videos this rank has to settle, when `inputs` knows its length."""
+    if not hasattr(inputs, "__len__"):
+        return None
+    return len(range(settings.rank, len(inputs), settings.world_size)) * settings.num_videos
+
+
+def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings: AnimateSettings) -> Iterator[InputResult]:
+    """Animate this rank's inputs (`settings.num_videos` videos each, skipping those an earlier run completed with
+    the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
+    frames = settings.frames or pipeline.model_config.frames
+    pipeline.check_num_frames(frames, loop=settings.loop)
+    if settings.seed_by not in SEED_BY:
+        raise ValueError(f"seed_by must be one of {SEED_BY}, got {settings.seed_by!r}")
+    if settings.overlap is not None:
+        check_overlap(settings.overlap, pipeline.model_config.frames)
+    pipeline.enable_encoder_offload(settings.low_memory)
+    chunk = min(settings.decode_chunk_size, LOW_MEMORY_DECODE_CHUNK) if settings.low_memory else settings.decode_chunk_size
+    record = run_record(pipeline, settings)
+    pending: dict[int, InputResult] = {}  # inputs with videos not written yet
+    bar = progress_bar(total=_share_size(inputs, settings), desc="videos", unit="video", disable=not settings.progress)
+
+    def write_batch(videos, batch, made, seconds):  # on the writer thread
+        for video, (result, sample, _) in zip(videos, batch):
+            try:
+                result.samples[sample] = write_sample(video, result, sample, settings, made, seconds / len(batch))
+            except (OSError, RuntimeError) as error:  # RuntimeError: ffmpeg failed; the message says why
+                result.samples[sample].error = f"cannot write its video: {error}"
+                result.error = result.error or result.samples[sample].error
+            bar.update()
+
+    def finished() -> Iterator[InputResult]:
+        for index, result in list(pending.items()):
+            if all(sample.settled for sample in result.samples):
+                del pending[index]
+                yield result
+
+    def denoise(batch, writer: BackgroundWriter) -> Iterator[InputResult]:
+        for result, _, _ in batch:
+            if result.index not in pending:
+                pending[result.index] = result
+                bar.update(result.skipped)
+        reset_peak_memory(pipeline.device)
+        start = time.perf_counter()
+        videos = pipeline(
+            torch.stack([image for _, _, image in batch]),
+            num_frames=frames,
+            sampler=settings.sampler,
+            steps=settings.steps,
+            generator=[
+                sample_generator(settings.seed, seed_key(result.item, result.index, settings), sample)
+                for result, sample, _ in batch
+            ],
+            precision=settings.precision,
+            decode_chunk_size=chunk,
+            progress=settings.progress,
+            output_type="pt",
+            loop=settings.loop,
+            overlap=settings.overlap,
+        ).frames
+        seconds = time.perf_counter() - start
+        made = dict(record, low_memory=settings.low_memory)
+        made[memory_kind(pipeline.device) + "_mb"] = round(peak_memory_mb(pipeline.device), 1)
+        writer.submit(write_batch, videos, batch, made, seconds)  # waits for the previous batch's files
+        yield from finished()
+
+    with BackgroundWriter() as writer:
+        batch = []
+        for result, sample, image in _samples(pipeline, inputs, settings, frames, record):
+            if sample is None:
+                bar.update(len(result.samples))
+                yield result
+                continue
+            batch.append((result, sample, image))
+            if len(batch) == settings.batch_size:
+                yield from denoise(batch, writer)
+                batch = []
+        if batch:
+            yield from denoise(batch, writer)
+    bar.close()
+    yield from finished()

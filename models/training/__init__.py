@@ -1,0 +1,1 @@
+"""The training loop, its validation loss and the text it prints."""
