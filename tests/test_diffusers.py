@@ -138,9 +138,9 @@ def test_converted_folder_gives_the_checkpoints_videos(parts, folders, source):
 def test_folder_layout(folders):
     folder = folders["ours"]
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == "FashionFlowPipeline" and index["preprocessing"] == "standard"
-    assert index["unet"] == ["models.networks.unet", "SpaceTimeUnet"]
-    assert index["adapter"] == ["models.networks.adapter", "EmbeddingAdapter"]
+    assert index["_class_name"] == ["fashionflow_pipeline", "FashionFlowPipeline"] and index["preprocessing"] == "standard"
+    assert index["unet"] == ["fashionflow_component_unet", "SpaceTimeUnet"]  # the folder's own code: tests/test_remote_code.py
+    assert index["adapter"] == ["fashionflow_component_adapter", "EmbeddingAdapter"]
     assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["image_encoder"] == ["transformers", "CLIPVisionModel"]
     for name in ("unet", "adapter", "vae"):
         assert (folder / name / "config.json").is_file() and (folder / name / "diffusion_pytorch_model.safetensors").is_file()

@@ -9,6 +9,11 @@ from ..diffusion.samplers import DEFAULT_STEPS
 from ..networks.checkpoint import RELEASED_CHECKPOINT_URL, WeightsSource
 from ..networks.encoders import is_hub_id
 
+# what the folder's own code imports (a test holds this list to the generated files)
+REMOTE_CODE_PACKAGES = (
+    "torch", "diffusers", "transformers", "safetensors", "einops", "numpy", "pillow", "opencv-python-headless", "tqdm",
+    "imageio-ffmpeg",
+)  # fmt: skip
 ORIGINAL_CODE = "https://github.com/1702609/FashionFlow"
 TAGS = ["image-to-video", "video-generation", "fashion", "latent-diffusion", "fashionflow"]
 CITATION = """\
@@ -95,14 +100,17 @@ are frozen; the scheduler is `{type(pipe.scheduler).__name__}` over the noise sc
 
 ## Use
 
-The UNet and adapter classes live in the `models` package of the FashionFlow reimplementation this folder was made
-with: run from a clone of it.
+The folder carries its own code (`fashionflow_*.py`, generated from the FashionFlow package when it was saved), so
+diffusers loads it without the repository, in an environment with {", ".join(f"`{name}`" for name in REMOTE_CODE_PACKAGES)}:
 
 ```python
-from .. import FashionFlowPipeline
-pipe = FashionFlowPipeline.from_pretrained("{repo_id}").to("cuda")
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True).to("cuda")
 frames = pipe("photo.jpg").frames[0]  # {config.frames} PIL images; a PIL image, array or tensor works too
 ```
+
+With the FashionFlow package installed (`import fashionflow`; in a clone of its repository, `models`),
+`FashionFlowPipeline.from_pretrained("{repo_id}")` loads the same folder with the package's own code and trusts none.
 
 `diffusers.utils.export_to_video(frames, "video.mp4", fps={DEFAULT_FPS})` writes it. The call also takes
 `num_inference_steps`, `generator`, `num_videos_per_image`, `output_type` ("pil", "np", "pt", "latent") and

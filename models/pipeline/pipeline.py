@@ -18,6 +18,7 @@ generators). On a GPU the DDPM sampler's noise is drawn a step ahead in a thread
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +49,7 @@ from ..networks.encoders import FrozenEncoders, clip_image_processor
 from ..networks.unet import SpaceTimeUnet
 from .hub import model_card, push_folder
 from .long_video import sample_long_video
+from .remote_code import package_module, write_remote_code
 
 # --low_memory's decode chunk: measured in bench/bench_paper.py to keep a 70-frame 640x512 video under 12 GB
 LOW_MEMORY_DECODE_CHUNK = 2
@@ -197,6 +199,19 @@ class FashionFlowPipeline(DiffusionPipeline):
         kwargs.setdefault("low_cpu_mem_usage", False)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' `load_config`, with the names a folder's own code goes by (`remote_code`) mapped to this
+        package's modules, so a clone or an installed copy loads any folder with its own code, trusting none."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), list) and package_module(config["_class_name"][0]):
+            config["_class_name"] = config["_class_name"][1]
+        for name, value in config.items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and package_module(value[0]):
+                config[name] = [package_module(value[0]), value[1]]
+        return loaded
+
     # ------------------------------------------------------------------------------------------------ saving
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, repo_id: str | None = None, **kwargs):
@@ -206,6 +221,9 @@ class FashionFlowPipeline(DiffusionPipeline):
         `commit_message` and `create_pr` go to the upload."""
         upload = {name: kwargs.pop(name) for name in ("private", "token", "commit_message", "create_pr") if name in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
+        index_path = Path(save_directory) / "model_index.json"
+        index = json.loads(index_path.read_text()) | write_remote_code(save_directory)
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         repo_id = repo_id or (Path(save_directory).name if push_to_hub else str(save_directory))
         (Path(save_directory) / "README.md").write_text(model_card(self, self.weights_source, repo_id=repo_id))
         if push_to_hub:

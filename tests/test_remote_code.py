@@ -1,0 +1,147 @@
+"""A pipeline folder carries its own code: plain diffusers loads it with `trust_remote_code=True` where this
+repository is unreachable, and makes the clone's video bit for bit; a clone loads it with its own package."""
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from models.pipeline import remote_code
+from models.pipeline.convert import convert
+from models.pipeline.hub import REMOTE_CODE_PACKAGES
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator
+
+# import name -> the package (as the model card names it) that provides it
+DISTRIBUTIONS = {
+    "PIL": "pillow",
+    "cv2": "opencv-python-headless",
+    "imageio_ffmpeg": "imageio-ffmpeg",
+    "huggingface_hub": "diffusers",
+}
+STDLIB = set(sys.stdlib_module_names)
+
+LOAD_WITHOUT_REPOSITORY = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class NoRepository(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("models", "fashionflow"):
+                raise ImportError(f"the folder's code needs {name}")
+    sys.meta_path.insert(0, NoRepository())
+    import torch
+    from diffusers import DiffusionPipeline
+    folder, saved_again, image, out = sys.argv[1:]
+
+    def video(pipe):
+        generator = sys.modules[type(pipe).__module__].sample_generator(3, 0, 0)
+        call = dict(num_frames=4, num_inference_steps=2, output_type="pt", progress=False)
+        return pipe(torch.load(image), generator=[generator], **call).frames
+
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(pipe).__name__ == "FashionFlowPipeline", type(pipe)
+    assert type(pipe.unet).__module__.startswith("diffusers_modules."), type(pipe.unet)
+    frames = video(pipe)
+    pipe.save_pretrained(saved_again)  # a pipeline running on the folder's code saves a folder that loads too
+    again = DiffusionPipeline.from_pretrained(saved_again, trust_remote_code=True)
+    torch.save({"frames": frames, "again": video(again)}, out)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def folder(parts, tmp_path_factory):
+    return convert(parts["ours"], tmp_path_factory.mktemp("remote") / "folder")
+
+
+def photo():
+    return torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(7))
+
+
+def clone_video(folder):
+    pipe = FashionFlowPipeline.from_pretrained(folder)
+    call = dict(num_frames=4, num_inference_steps=2, output_type="pt", progress=False)
+    return pipe(photo(), generator=[sample_generator(3, 0, 0)], **call).frames
+
+
+def test_model_index_names_the_folders_code(folder):
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["fashionflow_pipeline", "FashionFlowPipeline"]
+    assert index["unet"] == ["fashionflow_component_unet", "SpaceTimeUnet"]
+    assert index["adapter"] == ["fashionflow_component_adapter", "EmbeddingAdapter"]
+    assert (folder / "fashionflow_pipeline.py").is_file()
+    for component in ("unet", "adapter"):
+        assert (folder / component / f"fashionflow_component_{component}.py").is_file()
+
+
+def test_folder_code_is_generated_from_the_package(folder):
+    """Each flat file is its package module with the imports renamed: one source, no kept copy."""
+    for module in remote_code.closure("pipeline.pipeline"):
+        written = (folder / f"{remote_code.flat_name(module)}.py").read_text()
+        assert written.startswith(remote_code.GENERATED)
+        assert "from models" not in written and "from .." not in written
+        assert written == remote_code.flat_source(module, needs=_needs(module))
+
+
+def _needs(module):
+    if module != "pipeline.pipeline":
+        return ()
+    direct = set(remote_code.imports_of(module))
+    return [m for m in remote_code.closure(module) if m not in direct and m != module]
+
+
+def test_flat_names_are_unique_in_the_closure():
+    modules = remote_code.closure("pipeline.pipeline")
+    assert len({remote_code.flat_name(m) for m in modules}) == len(modules)
+
+
+def test_model_card_lists_every_package_the_code_imports(folder):
+    imported = set()
+    for path in folder.rglob("fashionflow_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {DISTRIBUTIONS.get(name, name) for name in imported - STDLIB - {"__future__"}}
+    assert third_party <= set(REMOTE_CODE_PACKAGES), third_party - set(REMOTE_CODE_PACKAGES)
+    card = (folder / "README.md").read_text()
+    assert "trust_remote_code=True" in card and all(f"`{name}`" in card for name in REMOTE_CODE_PACKAGES)
+
+
+def test_plain_diffusers_loads_the_folder_without_the_repository(folder, tmp_path):
+    copied = shutil.copytree(folder, tmp_path / "copied")
+    torch.save(photo(), tmp_path / "photo.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITHOUT_REPOSITORY)
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    args = [copied, tmp_path / "again", tmp_path / "photo.pt", tmp_path / "out.pt"]
+    run = subprocess.run([sys.executable, "-I", str(script), *map(str, args)], cwd=empty, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Expected types" not in run.stderr  # the pipeline and its loaded components share their classes
+    result = torch.load(tmp_path / "out.pt")
+    expected = clone_video(folder)
+    assert torch.equal(result["frames"], expected) and torch.equal(result["again"], expected)
+
+
+def test_a_clone_loads_the_folder_with_its_own_code(folder):
+    pipe = FashionFlowPipeline.from_pretrained(folder)
+    assert type(pipe.unet).__module__ == "models.networks.unet"
+    assert type(pipe.adapter).__module__ == "models.networks.adapter"
+
+
+def test_folders_written_before_the_folder_carried_code_still_load(folder, tmp_path):
+    old = shutil.copytree(folder, tmp_path / "old")
+    for path in old.rglob("fashionflow_*.py"):
+        path.unlink()
+    index = json.loads((old / "model_index.json").read_text())
+    index |= {"_class_name": "FashionFlowPipeline", "unet": ["models.unet", "SpaceTimeUnet"]}
+    index["adapter"] = ["models.adapter", "EmbeddingAdapter"]
+    (old / "model_index.json").write_text(json.dumps(index))
+    assert torch.equal(clone_video(old), clone_video(folder))
