@@ -145,3 +145,16 @@ def test_folders_written_before_the_folder_carried_code_still_load(folder, tmp_p
     index["adapter"] = ["models.adapter", "EmbeddingAdapter"]
     (old / "model_index.json").write_text(json.dumps(index))
     assert torch.equal(clone_video(old), clone_video(folder))
+
+
+def test_a_clone_loads_a_hub_id_with_its_own_code(folder, tmp_path):
+    """A hub id resolves through the hub cache (laid out here by hand, offline) and loads like the folder."""
+    repo = tmp_path / "cache" / "models--you--fashionflow"
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    pipe = FashionFlowPipeline.from_pretrained("you/fashionflow", cache_dir=tmp_path / "cache", local_files_only=True)
+    assert type(pipe.unet).__module__ == "models.networks.unet"
+    call = dict(num_frames=4, num_inference_steps=2, output_type="pt", progress=False)
+    frames = pipe(photo(), generator=[sample_generator(3, 0, 0)], **call).frames
+    assert torch.equal(frames, clone_video(folder))

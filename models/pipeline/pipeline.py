@@ -55,6 +55,7 @@ from .remote_code import package_module, write_remote_code
 LOW_MEMORY_DECODE_CHUNK = 2
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 ENCODERS = ("vae", "image_encoder")
+HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
 
 
 def sample_generator(seed: int, *indices: int) -> torch.Generator:
@@ -195,8 +196,15 @@ class FashionFlowPipeline(DiffusionPipeline):
 
         Networks are built, then loaded, as `load_vae` does (`low_cpu_mem_usage=False`): accelerate's empty-weights
         loading would keep the file's unaligned tensors (see `ModelConfigFields`), and ours fit in memory twice.
+        A hub id is fetched first (`huggingface_hub.snapshot_download`) and loaded as a folder: diffusers' own hub
+        path would run the repository's code, which this class replaces by the package's.
         """
         kwargs.setdefault("low_cpu_mem_usage", False)
+        if not Path(pretrained_model_name_or_path).is_dir():
+            from huggingface_hub import snapshot_download
+
+            hub = {name: kwargs[name] for name in HUB_OPTIONS if name in kwargs}
+            pretrained_model_name_or_path = snapshot_download(str(pretrained_model_name_or_path), **hub)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
