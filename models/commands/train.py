@@ -59,8 +59,13 @@ HELP = {
     "device": "cpu, cuda, cuda:1, ...; default: this rank's GPU, else the CPU",
     "progress": "show a progress bar on rank 0 (refreshed at most every few seconds when the output is not a terminal)",
     "export_safetensors": "also write <output_dir>/final.safetensors at the end",
+    "distill_from": "distil a few-step student from this teacher (a checkpoint of either format or a pipeline folder) "
+    "instead of training with the original objective; the student starts as the teacher and samples with LCMScheduler",
+    "distill_steps": "the student's default sampling steps (1 to 50), recorded in its checkpoint",
+    "teacher_precision": "the frozen teacher's weights: fp32, bf16 or fp16 (half precision saves memory and time)",
 }
 CHOICES = {"preset": sorted(PRESETS), "preprocessing": PREPROCESSING_MODES, "precision": sorted(PRECISIONS)}
+CHOICES["teacher_precision"] = CHOICES["precision"]
 TYPES = {"str": str, "int": int, "float": float}
 
 

@@ -6,11 +6,11 @@ Any step count works; `ddpm` with 1000 steps is the original's procedure, 25 ste
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 
 from .schedule import fashionflow_betas
 
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "lcm")  # lcm: for students distilled by train.py --distill_from
 # Fast default, chosen by bench/bench_inference.py (bench/results/inference_cpu.md): ancestral DDPM over 25
 # trailing-spaced steps scored like the original's 1000 steps against ground truth (40x fewer UNet calls),
 # while the deterministic DDIM and DPM-Solver++ lost 1.5 to 2 dB at any step count from 10 to 50.
@@ -29,11 +29,13 @@ def set_steps(scheduler, num_steps: int):
     return scheduler
 
 
-def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = None):
+def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = None, original_inference_steps: int = 50):
     """A diffusers scheduler over the FashionFlow betas with `num_steps` inference steps set.
 
     `ddpm` with 1000 steps is the original's ancestral sampler (posterior variance, no clipping).
-    Timesteps are spaced "trailing", so fewer steps still start from pure noise (t = 999).
+    Timesteps are spaced "trailing", so fewer steps still start from pure noise (t = 999). `lcm` is the
+    multistep consistency sampler of a distilled student, over the skipping schedule it was distilled on
+    (`original_inference_steps` of the 1000 training timesteps; models/training/distill.py).
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
@@ -41,6 +43,8 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type="epsilon")
     if name == "ddpm":
         scheduler = DDPMScheduler(**common, variance_type="fixed_small", clip_sample=False, timestep_spacing="trailing")
+    elif name == "lcm":
+        scheduler = LCMScheduler(**common, original_inference_steps=original_inference_steps, clip_sample=False)
     elif name == "ddim":
         scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     else:
@@ -53,6 +57,12 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
             lower_order_final=True,
         )
     return set_steps(scheduler, num_steps)
+
+
+def scheduler_from_record(record: dict):
+    """The scheduler a checkpoint's `sampler` record names: {"name", "steps", and make_scheduler's options}."""
+    options = {k: v for k, v in record.items() if k not in ("name", "steps")}
+    return make_scheduler(record["name"], record["steps"], **options)
 
 
 def takes_given_noise(scheduler) -> bool:

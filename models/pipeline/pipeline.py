@@ -40,7 +40,7 @@ from ..core.config import ModelConfig, check_preprocessing, get_preset
 from ..core.precision import autocast, resolve_precision
 from ..core.progress import progress_bar
 from ..data.video_io import frames_to_uint8, photos_to_tensor
-from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, make_scheduler, set_steps
+from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, make_scheduler, scheduler_from_record, set_steps
 from ..diffusion.sampling import sample_latents
 from ..networks.adapter import EmbeddingAdapter
 from ..networks.checkpoint import WeightsSource, models_from_checkpoint, read_checkpoint, weights_source
@@ -121,6 +121,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         feature_extractor: ImageProcessingMixin | None,
         scheduler: SchedulerMixin,
         preprocessing: str = "legacy",
+        default_steps: int = DEFAULT_STEPS,
     ):
         super().__init__()
         self.register_modules(
@@ -131,7 +132,8 @@ class FashionFlowPipeline(DiffusionPipeline):
             feature_extractor=feature_extractor,
             scheduler=scheduler,
         )
-        self.register_to_config(preprocessing=check_preprocessing(preprocessing))
+        # default_steps: what a call without num_inference_steps takes (a distilled student records its own)
+        self.register_to_config(preprocessing=check_preprocessing(preprocessing), default_steps=default_steps)
         self.encoders.check_config(self.model_config)
         self._offloaded: frozenset[str] = frozenset()  # networks that wait in CPU memory between stages
         self._offload_device: torch.device | None = None
@@ -142,9 +144,14 @@ class FashionFlowPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------ building
 
     @classmethod
-    def from_parts(cls, unet, adapter, encoders: FrozenEncoders, scheduler=None) -> FashionFlowPipeline:
+    def from_parts(cls, unet, adapter, encoders: FrozenEncoders, scheduler=None, sampler: dict | None = None):
         """A pipeline around networks built in memory (what training's sample videos use) and loaded encoders; the
-        scheduler defaults to ancestral DDPM over the FashionFlow betas."""
+        scheduler is `sampler`'s (a checkpoint's record, `samplers.scheduler_from_record`), by default ancestral
+        DDPM over the FashionFlow betas."""
+        if sampler is not None:
+            scheduler, default_steps = scheduler_from_record(sampler), sampler["steps"]
+        else:
+            default_steps = DEFAULT_STEPS
         return cls(
             unet=unet,
             adapter=adapter,
@@ -153,6 +160,7 @@ class FashionFlowPipeline(DiffusionPipeline):
             feature_extractor=clip_image_processor(encoders.clip_size, encoders.preprocessing),
             scheduler=scheduler or make_scheduler(DEFAULT_SAMPLER, DEFAULT_STEPS),
             preprocessing=encoders.preprocessing,
+            default_steps=default_steps,
         )
 
     @classmethod
@@ -183,10 +191,10 @@ class FashionFlowPipeline(DiffusionPipeline):
         if preprocessing is not None:
             config = config.replace(preprocessing=preprocessing)
         unet, adapter, config = models_from_checkpoint(ckpt, path=path, use_ema=use_ema, config=config)
-        source = weights_source(ckpt, path, use_ema=use_ema)
+        source, sampler = weights_source(ckpt, path, use_ema=use_ema), ckpt.get("sampler")
         del ckpt
         encoders = FrozenEncoders.from_config(config, vae=vae, clip=clip)
-        pipeline = cls.from_parts(unet.requires_grad_(False), adapter.requires_grad_(False), encoders)
+        pipeline = cls.from_parts(unet.requires_grad_(False), adapter.requires_grad_(False), encoders, sampler=sampler)
         pipeline.weights_source = source
         return pipeline.to(device, dtype)
 
@@ -246,6 +254,11 @@ class FashionFlowPipeline(DiffusionPipeline):
             return self.save_pretrained(folder, push_to_hub=True, repo_id=repo_id, **upload, **save_options)
 
     # ------------------------------------------------------------------------------------------------ what it is
+
+    @property
+    def default_steps(self) -> int:
+        """The steps of a call that names none: the checkpoint's record (a student's few), else DEFAULT_STEPS."""
+        return self.config.get("default_steps", DEFAULT_STEPS)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -559,7 +572,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         num_frames = num_frames or self.model_config.frames
         if None not in (num_inference_steps, steps) and num_inference_steps != steps:
             raise ValueError(f"num_inference_steps={num_inference_steps} and steps={steps} name the same setting; pass one")
-        steps = next((n for n in (num_inference_steps, steps) if n is not None), DEFAULT_STEPS)
+        steps = next((n for n in (num_inference_steps, steps) if n is not None), self.default_steps)
         self.check_inputs(
             num_frames=num_frames, loop=loop, output_type=output_type, height=height, width=width,
             num_videos_per_image=num_videos_per_image,

@@ -48,6 +48,7 @@ from ..networks.checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from .distill import SKIP, DistillationObjective, load_teacher, student_sampler
 from .report import checkpoint_line, loss_line, start_block, summary_block, validation_line
 from .validation import validation_loss
 
@@ -95,6 +96,10 @@ class TrainConfig:
     device: str | None = None  # default: this rank's GPU, else CPU
     progress: bool = True
     export_safetensors: bool = False  # also write <output_dir>/final.safetensors (EMA weights when on)
+    # distillation (models/training/distill.py): a few-step student of a trained model, instead of the original objective
+    distill_from: str | None = None  # the teacher: a checkpoint of either format or a pipeline folder; None = no
+    distill_steps: int = 4  # the student's default sampling steps, recorded in its checkpoint
+    teacher_precision: str = "fp32"  # the frozen teacher's weights: fp32, bf16 or fp16
 
 
 class ResumableSampler(Sampler):
@@ -133,6 +138,9 @@ class TrainingObjective(nn.Module):
     def __init__(self, unet: nn.Module, adapter: nn.Module, schedule: NoiseSchedule):
         super().__init__()
         self.unet, self.adapter, self.schedule = unet, adapter, schedule
+
+    def sample_timesteps(self, batch: int, *, generator=None, device="cpu") -> torch.Tensor:
+        return self.schedule.sample_timesteps(batch, generator=generator, device=device)
 
     def forward(self, latents, clip_hidden, image_latent, t, noise):  # latents [b, c, f, h, w]
         context = self.adapter(clip_hidden, image_latent)
@@ -234,13 +242,21 @@ def check_config(cfg: TrainConfig, env: DistEnv) -> None:
         raise ValueError(f"--checkpoint_every must be at least 1, got {cfg.checkpoint_every}")
     if not 0 <= cfg.ema_decay < 1:
         raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.distill_from is not None:
+        check_precision(cfg.teacher_precision, "--teacher_precision")
+        most = NoiseSchedule().num_steps // SKIP
+        if not 1 <= cfg.distill_steps <= most:
+            raise ValueError(f"--distill_steps must be between 1 and {most}, got {cfg.distill_steps}")
+        if not Path(cfg.distill_from).exists():
+            raise FileNotFoundError(f"--distill_from {cfg.distill_from}: no such teacher checkpoint or pipeline folder")
 
 
-def model_config_for(cfg: TrainConfig, ckpt: dict | None) -> ModelConfig:
-    """The checkpoint's architecture on resume, else the preset with the flags' overrides."""
+def model_config_for(cfg: TrainConfig, ckpt: dict | None, teacher_config: ModelConfig | None = None) -> ModelConfig:
+    """The checkpoint's architecture on resume, else the teacher's when distilling, else the preset; with the
+    flags' overrides on a fresh run."""
     if ckpt is None:
         overrides = {k: getattr(cfg, k) for k in ("preprocessing", "vae", "clip") if getattr(cfg, k) is not None}
-        return get_preset(cfg.preset, **overrides)
+        return teacher_config.replace(**overrides) if teacher_config else get_preset(cfg.preset, **overrides)
     config = ckpt["config"]
     if cfg.preprocessing is not None and cfg.preprocessing != config.preprocessing:
         raise ValueError(
@@ -346,7 +362,9 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
     """A video from one photo with the project's pipeline: TensorBoard GIF and an mp4 in `sample_dir`."""
     from ..pipeline.pipeline import FashionFlowPipeline
 
-    options = {k: v for k, v in (("sampler", cfg.sample_sampler), ("steps", cfg.sample_steps)) if v is not None}
+    default = student_sampler(cfg.distill_steps) if cfg.distill_from else {}  # a student samples as it will be used
+    sampler, steps = cfg.sample_sampler or default.get("name"), cfg.sample_steps or default.get("steps")
+    options = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
     pipeline = FashionFlowPipeline.from_parts(unet, adapter, encoders)
     with evaluating(unet, adapter):
         video = pipeline(
@@ -383,7 +401,7 @@ class TrainingRun:
     config: ModelConfig
     unet: nn.Module
     adapter: nn.Module
-    objective: TrainingObjective
+    objective: nn.Module  # TrainingObjective, or DistillationObjective when distilling
     model: nn.Module  # the objective, wrapped in DistributedDataParallel when there is a process group
     opt: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -439,15 +457,23 @@ def choose_resume(cfg: TrainConfig, env: DistEnv, say) -> tuple[Path | None, dic
     return path, ckpt
 
 
-def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: dict | None, path) -> dict:
-    """UNet and adapter (seeded, so identical on every rank; the checkpoint's live weights on resume), their
-    DDP wrapper, AdamW, the learning-rate schedule, the fp16 gradient scaler and the EMA."""
+def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: dict | None, path, teacher=None) -> dict:
+    """UNet and adapter (seeded, so identical on every rank; the checkpoint's live weights on resume, a fresh
+    student the teacher's), the objective (the original's, or distillation from `teacher`), its DDP wrapper,
+    AdamW, the learning-rate schedule, the fp16 gradient scaler and the EMA."""
     torch.manual_seed(cfg.seed)
     unet, adapter = build_models(config)
     if ckpt is not None:
         load_weights(unet, adapter, ckpt, path=path)  # the EMA's weights are restored with the training state
+    elif teacher is not None:
+        unet.load_state_dict({k: v.float() for k, v in teacher[0].state_dict().items()})
+        adapter.load_state_dict({k: v.float() for k, v in teacher[1].state_dict().items()})
     unet.enable_gradient_checkpointing(cfg.grad_checkpointing)
-    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(env.device).train()
+    if teacher is None:
+        objective = TrainingObjective(unet, adapter, NoiseSchedule())
+    else:
+        objective = DistillationObjective(unet, adapter, teacher[0], teacher[1], NoiseSchedule())
+    objective = objective.to(env.device).train()
     model = objective
     if env.distributed:
         # buffers are fixed at init and identical on every rank: no per-forward buffer broadcast (as the original)
@@ -512,7 +538,12 @@ def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
 
     say = tqdm.write if env.is_main else (lambda message: None)
     path, ckpt = choose_resume(cfg, env, say)
-    config = model_config_for(cfg, ckpt)
+    teacher = None
+    if cfg.distill_from is not None:
+        teacher = load_teacher(cfg.distill_from, preset=cfg.preset, dtype=PRECISIONS[cfg.teacher_precision])
+    config = model_config_for(cfg, ckpt, teacher[2] if teacher else None)
+    if teacher is not None and teacher[2].replace(vae="", clip="") != config.replace(vae="", clip=""):
+        raise ValueError(f"--distill_from {cfg.distill_from}: the teacher's model configuration differs from the student's")
     encoders = FrozenEncoders.from_config(config, vae=cfg.vae, clip=cfg.clip, device=env.device)
     encoders.check_config(config)
     run = TrainingRun(
@@ -522,7 +553,7 @@ def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
         encoders=encoders,
         generator=rank_generator(cfg.seed, env.rank),
         say=say,
-        **build_trainables(cfg, env, config, ckpt, path),
+        **build_trainables(cfg, env, config, ckpt, path, teacher[:2] if teacher else None),
         **open_loader(cfg, env, config, encoders),
         validation=open_validation(cfg, config, encoders),
     )
@@ -582,7 +613,7 @@ def accumulate_gradients(run: TrainingRun, batches) -> dict:
         with torch.no_grad():  # frozen encoders; the VAE latent is a sample, as in the original
             clip_hidden = run.encoders.encode_clip(image)
             image_latent = run.encoders.encode_frames(image, generator=run.generator).to(dev)
-        t = run.objective.schedule.sample_timesteps(latents.shape[0], generator=run.generator, device=dev)
+        t = run.objective.sample_timesteps(latents.shape[0], generator=run.generator, device=dev)
         noise = torch.randn(latents.shape, generator=run.generator).to(dev)
         syncing = micro == cfg.grad_accum - 1 or not run.env.distributed  # DDP all-reduces on the last one only
         with contextlib.nullcontext() if syncing else run.model.no_sync():
@@ -684,6 +715,7 @@ def save_run(run: TrainingRun) -> None:
             loss=run.loss,
             validation={"last": run.val_last, "best": run.val_best},
             train_config=asdict(run.cfg),
+            sampler=student_sampler(run.cfg.distill_steps) if run.cfg.distill_from else None,
         )
         point_latest(output_dir, run.last_saved)
         prune_checkpoints(output_dir, run.cfg.keep_last)
