@@ -130,3 +130,19 @@ def test_figure_weights_cover_the_figure_not_the_backdrop():
     assert on_figure[torch.from_numpy(masks)].float().mean() > 0.99  # the garment is part of the figure
     assert 0.05 < on_figure.float().mean() < 0.4  # most of the frame is backdrop
     assert not on_figure[:, :, :3].any() and not on_figure[:, :3].any()  # outer columns and the top rows
+
+
+def test_opt_in_distillation_adds_the_students_row(short_run, tmp_path):
+    """`--distill` reuses the run's model, distils a student on its latents and scores its 4-step videos."""
+    import dataclasses
+
+    cfg, _ = short_run
+    cfg = dataclasses.replace(cfg, distill=True, distill_train_steps=2, result_dir=str(tmp_path / "result"))
+    report = run(cfg)
+    assert list(report["methods"]) == ["trained", "untrained", "student", "static"]
+    videos = sorted((tmp_path / "result" / "student").glob("*_sample0.mp4"))
+    assert len(videos) == 2 and read_video_frames(videos[0]).shape == (8, 3, *SIZE)
+    sidecar = json.loads(videos[0].with_suffix(".json").read_text())
+    assert (sidecar["sampler"], sidecar["steps"]) == ("lcm", 4)
+    assert "| student |" in (tmp_path / "result" / "report.md").read_text()
+    assert (Path(cfg.workdir) / "student" / "checkpoint" / "latest.pth").is_file()

@@ -34,6 +34,7 @@ import torch
 from ..evaluation.scoring import ScoredFrames, mean_psnr_ssim
 
 METHODS = ("trained", "untrained", "static")
+STUDENT = "student"  # the report's row of the distilled student (--distill)
 MOTION_RANGE = (0.25, 4.0)  # generated / ground-truth motion counted as plausible
 CLEAR_MARGIN_DB = 1.0  # how much higher the trained model's PSNR must be than the untrained one's
 SCORED = ScoredFrames()  # the evaluation protocol's default: frame 0, the input, is not scored
@@ -58,6 +59,10 @@ class QuickstartConfig:
     lr: float = 1e-3
     ema_decay: float = 0.995  # a short run: average over ~200 steps, not the paper's 10,000
     sample_every: int = 400
+    distill: bool = False  # also distil a few-step student from the trained model (train.py --distill_from)
+    distill_train_steps: int = 600
+    distill_lr: float = 2e-4
+    student_steps: int = 4
     progress: bool = True
 
     @property
@@ -216,6 +221,32 @@ def train(cfg: QuickstartConfig, latents: Path) -> Path:
     return Path(summary["checkpoint"])
 
 
+def distill(cfg: QuickstartConfig, teacher: Path, latents: Path, *, steps: int | None = None, output_dir=None) -> Path:
+    """What `train.py --distill_from <trained> --distill_steps <student_steps>` does: a few-step student of the
+    trained model on the same latents (resumed or reused on a rerun)."""
+    from ..networks.checkpoint import latest_checkpoint, read_checkpoint
+    from ..training.loop import TrainConfig
+    from ..training.loop import train as train_model
+
+    steps = steps or cfg.distill_train_steps
+    out = Path(output_dir or cfg.work / "student")
+    latest = latest_checkpoint(out / "checkpoint")
+    if latest is not None and read_checkpoint(latest).get("step", 0) >= steps:
+        print(f"distillation: reusing {latest} (step >= {steps})")
+        return latest
+    print(f"\ndistilling a {cfg.student_steps}-step student from {teacher} for {steps} steps", flush=True)
+    summary = train_model(
+        TrainConfig(
+            preset="tiny", dataset_vae=str(latents), vae=str(cfg.vae_dir), clip=str(cfg.clip_dir),
+            output_dir=str(out / "checkpoint"), log_dir=str(out / "video_progress"), sample_dir=str(out / "training_sample"),
+            max_steps=steps, batch_size=cfg.batch_size, lr=cfg.distill_lr, ema_decay=cfg.ema_decay, seed=cfg.seed,
+            checkpoint_every=max(steps // 3, 1), log_every=10, sample_every=cfg.sample_every, num_workers=0,
+            device="cpu", progress=cfg.progress, distill_from=str(teacher), distill_steps=cfg.student_steps,
+        )
+    )  # fmt: skip
+    return Path(summary["checkpoint"])
+
+
 def untrained_checkpoint(cfg: QuickstartConfig, trained: Path) -> Path:
     """The trained run's configuration with freshly initialised (seeded) weights."""
     from ..networks.checkpoint import build_models, read_checkpoint, save_checkpoint
@@ -230,8 +261,9 @@ def untrained_checkpoint(cfg: QuickstartConfig, trained: Path) -> Path:
     return path
 
 
-def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path) -> list[Path]:
-    """What inference.py does on frame 0 of every test video; reuses videos already made from this checkpoint."""
+def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path, *, sampler=None, steps=None) -> list[Path]:
+    """What inference.py does on frame 0 of every test video (with the default sampler, or `sampler` and `steps`);
+    reuses videos already made from this checkpoint."""
     from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
     from .animate import AnimateSettings, load_pipeline
     from .animate import animate as animate_inputs
@@ -239,7 +271,8 @@ def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path) -> list[Path
 
     tests = sorted((cfg.dataset / "test").glob("*.mp4"))
     sidecars = [out_dir / f"{sample_stem(p.stem, 0)}.json" for p in tests]
-    wanted = {"checkpoint": str(checkpoint), "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}
+    sampler, steps = sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS
+    wanted = {"checkpoint": str(checkpoint), "sampler": sampler, "steps": steps}
 
     def made_as_wanted(sidecar: Path) -> bool:
         return sidecar.is_file() and all(json.loads(sidecar.read_text()).get(k) == v for k, v in wanted.items())
@@ -250,7 +283,7 @@ def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path) -> list[Path
         pipeline, precision = load_pipeline(checkpoint, vae=str(cfg.vae_dir), clip=str(cfg.clip_dir), device="cpu")
         settings = AnimateSettings(
             output_dir=str(out_dir), seed=cfg.seed, precision=precision, gif=True, progress=cfg.progress,
-            record=dict(checkpoint=str(checkpoint)),
+            record=dict(checkpoint=str(checkpoint)), sampler=sampler, steps=steps,
         )  # fmt: skip
         failed = [r for r in animate_inputs(pipeline, video_inputs(cfg.dataset / "test"), settings) if not r.ok]
         if failed:
@@ -292,7 +325,8 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
     from ..data.synthetic import clip_params, render_clip
     from ..data.video_io import read_video_frames
 
-    per_video = {method: [] for method in METHODS}
+    methods = [*videos, "static"]  # trained, untrained (and the student), then the still input
+    per_video = {method: [] for method in methods}
     truth_motion = []
     for index, trained_path in enumerate(videos["trained"]):
         sidecar = json.loads(trained_path.with_suffix(".json").read_text())
@@ -302,8 +336,8 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         _, masks = render_clip(clip_params(cfg.seed, "test", split_index), start + frames, size, garment_masks=True)
         masks = masks[start:]
         truth_motion.append(motion_magnitude(truth))
-        paths = {"trained": trained_path, "untrained": videos["untrained"][index], "static": source}
-        candidates = {method: read_video_frames(paths[method], size=size) for method in ("trained", "untrained")}
+        paths = {method: made[index] for method, made in videos.items()} | {"static": source}
+        candidates = {method: read_video_frames(paths[method], size=size) for method in videos}
         candidates["static"] = truth[:1].expand_as(truth)
         for method, video in candidates.items():
             scores = score_video(video, truth, masks, SCORED)
@@ -340,14 +374,20 @@ def report_markdown(report: dict) -> str:
         "",
         f"{report['test_clips']} held-out synthetic clips of {report['frames']} frames at {report['size'][0]}x"
         f"{report['size'][1]}; scored: {report['scored_frames']}. Trained: {report['train_steps']} steps of the "
-        "tiny preset; untrained: the same configuration freshly initialised; static: the input frame repeated.",
+        "tiny preset; untrained: the same configuration freshly initialised; static: the input frame repeated."
+        + (
+            f" Student: {report['config']['student_steps']}-step sampling (LCM) of a student distilled from the trained "
+            f"model for {report['config']['distill_train_steps']} steps (`--distill`)."
+            if STUDENT in m
+            else ""
+        ),
         "",
         f"Measured on {report['machine']}, seed {report['config']['seed']}: this run took {report['seconds']:.0f} s.",
         "",
         "| method | PSNR (dB) | SSIM | garment colour error | motion | motion / ground truth |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for method in METHODS:
+    for method in m:
         r = m[method]
         lines.append(
             f"| {method} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['garment_colour_error']:.1f} | {r['motion']:.2f} | "
@@ -399,6 +439,9 @@ def run(cfg: QuickstartConfig) -> dict:
         "trained": animate(cfg, trained, result / "trained"),
         "untrained": animate(cfg, untrained_checkpoint(cfg, trained), result / "untrained"),
     }
+    if cfg.distill:
+        student = distill(cfg, trained, cfg.work / "fashion_dataset_tensor")
+        videos[STUDENT] = animate(cfg, student, result / STUDENT, sampler="lcm", steps=cfg.student_steps)
     size = _tiny_image_size()
     report = evaluate(cfg, videos, size)
     report.update(
@@ -446,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_steps", type=int, default=defaults.train_steps, help="training steps of the tiny model")
     p.add_argument("--vae_steps", type=int, default=defaults.vae_steps, help="fitting steps of the tiny VAE")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dataset, encoders and training")
+    p.add_argument("--distill", action="store_true", help="also distil a few-step student and add its row to the report")
+    p.add_argument("--student_steps", type=int, default=defaults.student_steps, help="the student's sampling steps")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
 
@@ -458,6 +503,8 @@ def main(argv=None) -> int:
         train_steps=args.train_steps,
         vae_steps=args.vae_steps,
         seed=args.seed,
+        distill=args.distill,
+        student_steps=args.student_steps,
         progress=not args.no_progress,
     )
     report = run(cfg)
