@@ -72,6 +72,7 @@ from models.networks.encoders import FrozenEncoders  # noqa: E402
 from models.pipeline.pipeline import LOW_MEMORY_DECODE_CHUNK, FashionFlowPipeline  # noqa: E402
 from models.training.loop import TrainingObjective  # noqa: E402
 
+STUDENT_STEPS = 4  # the few-step student's default (models/training/loop.py TrainConfig.distill_steps)
 # the order of --sections all; the compiling ones last
 SECTIONS = ("inference", "offload", "sync", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
@@ -299,6 +300,8 @@ def section_inference(bench: Bench) -> dict:
     bench.partial["inference"] = {"ours": ours}  # the end to end figure joins it when measured
     if not ours["extrapolated"]:
         ours["end_to_end"] = end_to_end_seconds(bench, ours_pipe, steps)
+        # a distilled student samples with LCMScheduler in 4 steps (train.py --distill_from); random weights time it truly
+        ours["student_end_to_end"] = end_to_end_seconds(bench, ours_pipe, STUDENT_STEPS, sampler="lcm")
 
     original_steps = ORIGINAL_STEPS if not args.smoke else 50
     original_precision = "fp16" if cuda else "fp32"
@@ -334,7 +337,7 @@ def section_inference(bench: Bench) -> dict:
     return {"ours": ours, "original": original, "speedup": speedup, "video_seconds": bench.frames / DEFAULT_FPS}
 
 
-def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None = None) -> dict:
+def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None = None, sampler=DEFAULT_SAMPLER) -> dict:
     """Photo -> mp4 through FashionFlowPipeline.__call__ as inference.py runs it: the median latency of one video
     on its own, and the per-video time of back-to-back videos whose mp4 encoding overlaps the next video."""
     from models.serving.inference_io import BackgroundWriter
@@ -344,7 +347,7 @@ def end_to_end_seconds(bench: Bench, pipeline, steps: int, repeats: int | None =
 
     def make_video(i: int):
         return pipeline(
-            bench.image, sampler=DEFAULT_SAMPLER, steps=steps, generator=torch.Generator().manual_seed(i),
+            bench.image, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(i),
             precision=bench.precision, decode_chunk_size=bench.args.decode_chunk_size, progress=False, output_type="pt",
         ).frames[0]  # fmt: skip
 
@@ -883,6 +886,11 @@ def report_markdown(results: dict) -> str:
                       f"{inf['video_seconds']:.1f} s clip on its own (median of {e2e['videos']}), "
                       f"**{inf['speedup']:.1f}x** the original procedure; {fmt_s(e2e['per_video_overlapped'])} per video "
                       "back to back, the mp4 encoding overlapping the next video as in inference.py."]  # fmt: skip
+            if "student_end_to_end" in ours:
+                student = ours["student_end_to_end"]
+                lines += ["", f"A distilled student's {STUDENT_STEPS}-step video (LCMScheduler, `train.py --distill_from`): "
+                          f"**{fmt_s(student['latency'])}** end to end (median of {student['videos']}), "
+                          f"{fmt_s(student['per_video_overlapped'])} per video back to back."]  # fmt: skip
             lines += compiled_lines(results.get("compiled", {}), orig["total"])
         else:
             lines += [

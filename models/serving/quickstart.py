@@ -320,9 +320,19 @@ def score_video(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray, sco
     return {"psnr": psnr, "ssim": ssim, "garment_colour_error": colour_error, "motion": motion_magnitude(video)}
 
 
+def held_out_truth(cfg: QuickstartConfig, source: Path, start: int, frames: int, size) -> tuple[torch.Tensor, np.ndarray]:
+    """The ground-truth frames `[F, 3, H, W]` of a held-out synthetic video and its garment masks `[F, H, W]`."""
+    from ..data.synthetic import clip_params, render_clip
+    from ..data.video_io import read_video_frames
+
+    truth = read_video_frames(source, start=start, count=frames, size=size)
+    split_index = int(source.stem.rsplit("_", 1)[1])  # synthetic_0003 -> 3
+    _, masks = render_clip(clip_params(cfg.seed, "test", split_index), start + frames, size, garment_masks=True)
+    return truth, masks[start:]
+
+
 def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict:
     """Scores of every method on every test clip, their means, and the verdicts."""
-    from ..data.synthetic import clip_params, render_clip
     from ..data.video_io import read_video_frames
 
     methods = [*videos, "static"]  # trained, untrained (and the student), then the still input
@@ -331,10 +341,7 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
     for index, trained_path in enumerate(videos["trained"]):
         sidecar = json.loads(trained_path.with_suffix(".json").read_text())
         source, start, frames = Path(sidecar["source"]), sidecar["start_frame"], sidecar["frames"]
-        truth = read_video_frames(source, start=start, count=frames, size=size)
-        split_index = int(source.stem.rsplit("_", 1)[1])  # synthetic_0003 -> 3
-        _, masks = render_clip(clip_params(cfg.seed, "test", split_index), start + frames, size, garment_masks=True)
-        masks = masks[start:]
+        truth, masks = held_out_truth(cfg, source, start, frames, size)
         truth_motion.append(motion_magnitude(truth))
         paths = {method: made[index] for method, made in videos.items()} | {"static": source}
         candidates = {method: read_video_frames(paths[method], size=size) for method in videos}

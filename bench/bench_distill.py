@@ -1,0 +1,170 @@
+"""Few-step students (train.py --distill_from) against their teacher, side by side in one run.
+
+    python bench/bench_distill.py                                  # CPU: the quickstart's trained tiny model as teacher
+    python bench/bench_distill.py --distill_train_steps 1200 --seeds 3
+
+The teacher is the quickstart's trained model (models/serving/quickstart.py, in `--workdir`; built there first if
+missing); the student is distilled from it on the same projected latents (`quickstart.distill`, i.e. `train.py
+--distill_from`; reused on a rerun). Both animate frame 0 of every held-out synthetic test clip with `--seeds` seeds:
+the student with LCMScheduler at 1, 2 and 4 steps, the teacher with its default ancestral DDPM at 4 and 25 steps
+and with the original procedure (DDPM, 1000 steps). Scored against the ground truth on frames 1 to the end (the
+evaluation protocol): PSNR, SSIM, the quickstart's garment colour error and motion ratio, and seconds per video on
+this machine. LPIPS needs AlexNet and LPIPS weight files that an offline machine does not have: it is reported only
+when `--lpips_dir` holds them. Results go to bench/results/distill_cpu.md (and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench._common import write_report  # noqa: E402
+from bench.bench_inference import device_name  # noqa: E402
+from models.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_STEPS  # noqa: E402
+from models.pipeline.pipeline import FashionFlowPipeline, sample_generator  # noqa: E402
+from models.serving.quickstart import SCORED, score_video  # noqa: E402
+
+# (label, which model, sampler (None: the model's own), steps)
+CONFIGS = [
+    ("student, 1 step", "student", None, 1),
+    ("student, 2 steps", "student", None, 2),
+    ("student, 4 steps", "student", None, 4),
+    ("teacher, 4 steps", "teacher", DEFAULT_SAMPLER, 4),
+    (f"teacher, {DEFAULT_STEPS} steps (default)", "teacher", DEFAULT_SAMPLER, DEFAULT_STEPS),
+    (f"teacher, original procedure ({ORIGINAL_STEPS} steps)", "teacher", "ddpm", ORIGINAL_STEPS),
+]
+KEYS = ("psnr", "ssim", "garment_colour_error", "motion")
+
+
+def lpips_scorer(weights_dir: str | None, device):
+    """An LPIPS function of two `[F, 3, H, W]` videos in [0, 1], or None without its weight files."""
+    if not weights_dir:
+        return None
+    from models.evaluation.feature_nets import load_lpips
+
+    net = load_lpips(Path(weights_dir) / "alexnet-owt-7be5be79.pth", Path(weights_dir) / "alex.pth", device=device)
+    return lambda a, b: float(net(a.to(device), b.to(device)).mean())
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default=str(ROOT / "quickstart"), help="the quickstart's folder (teacher, data)")
+    p.add_argument("--seed", type=int, default=0, help="the quickstart's seed")
+    p.add_argument("--seeds", type=int, default=3, help="videos per held-out clip and configuration")
+    p.add_argument("--distill_train_steps", type=int, default=600, help="distillation steps of the student")
+    p.add_argument("--lpips_dir", default=None, help="folder with alexnet-owt-7be5be79.pth and lpips alex.pth")
+    p.add_argument("--output", default=None, help="report path (default: bench/results/distill_cpu.md)")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+
+    from models.serving.quickstart import QuickstartConfig, _tiny_image_size, build_trained_model, distill, held_out_truth
+
+    cfg = QuickstartConfig(workdir=args.workdir, seed=args.seed, progress=False)
+    teacher_path, _, tests = build_trained_model(cfg)
+    started = time.perf_counter()
+    student_path = distill(cfg, teacher_path, cfg.work / "fashion_dataset_tensor", steps=args.distill_train_steps)
+    distill_seconds = time.perf_counter() - started
+    encoders = dict(vae=str(cfg.vae_dir), clip=str(cfg.clip_dir), device="cpu")
+    pipes = {
+        "teacher": FashionFlowPipeline.from_checkpoint(teacher_path, **encoders),
+        "student": FashionFlowPipeline.from_checkpoint(student_path, **encoders),
+    }
+    size, frames = _tiny_image_size(), pipes["teacher"].model_config.frames
+    lpips = lpips_scorer(args.lpips_dir, torch.device("cpu"))
+
+    rows = {label: [] for label, *_ in CONFIGS}
+    truth_motion = []
+    for clip, source in enumerate(sorted(tests)):
+        truth, masks = held_out_truth(cfg, source, 0, frames, size)
+        truth_motion.append(float((truth[1:] - truth[:-1]).abs().mean() * 255))
+        for label, model, sampler, steps in CONFIGS:
+            for seed in range(args.seeds):
+                begin = time.perf_counter()
+                video = pipes[model](
+                    truth[:1], generator=[sample_generator(seed, clip, 0)], sampler=sampler, num_inference_steps=steps,
+                    num_frames=frames, output_type="pt", progress=False,
+                ).frames[0]  # fmt: skip
+                seconds = time.perf_counter() - begin
+                scores = score_video(video, truth, masks, SCORED) | {"seconds": seconds}
+                if lpips is not None:
+                    scores["lpips"] = lpips(SCORED.select(video), SCORED.select(truth))
+                rows[label].append(scores)
+        print(f"clip {clip + 1}/{len(tests)} done", flush=True)
+
+    gt_motion = float(np.mean(truth_motion))
+    means = {label: {key: float(np.mean([r[key] for r in scores])) for key in scores[0]} for label, scores in rows.items()}
+    for values in means.values():
+        values["motion_ratio"] = values["motion"] / gt_motion
+    result = {
+        "device": device_name(torch.device("cpu")),
+        "teacher": str(teacher_path),
+        "student": str(student_path),
+        "distill_train_steps": args.distill_train_steps,
+        "distill_seconds_this_run": distill_seconds,
+        "clips": len(tests),
+        "seeds": args.seeds,
+        "ground_truth_motion": gt_motion,
+        "means": means,
+        "rows": rows,
+    }
+    text = report(result, lpips is not None)
+    path = write_report(text, args.output, "distill_cpu.md")  # the bench runs on the CPU: tiny models
+    path.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    return path
+
+
+def goals(means: dict) -> list[str]:
+    """The issue's goals for the 4-step student, each with what it reached."""
+    student, teacher4 = means["student, 4 steps"], means["teacher, 4 steps"]
+    teacher = means[f"teacher, {DEFAULT_STEPS} steps (default)"]
+    psnr_gap, ssim_gap = teacher["psnr"] - student["psnr"], teacher["ssim"] - student["ssim"]
+    motion_gap = student["motion_ratio"] / teacher["motion_ratio"] - 1
+    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    return [
+        f"- within 0.5 dB PSNR of the {DEFAULT_STEPS}-step teacher: {psnr_gap:+.2f} dB below it: {verdict(psnr_gap <= 0.5)}",
+        f"- within 0.01 SSIM of it: {ssim_gap:+.3f} below it: {verdict(ssim_gap <= 0.01)}",
+        f"- better than the teacher at 4 steps: PSNR {student['psnr']:.2f} vs {teacher4['psnr']:.2f} dB, SSIM "
+        f"{student['ssim']:.3f} vs {teacher4['ssim']:.3f}: "
+        f"{verdict(student['psnr'] > teacher4['psnr'] and student['ssim'] > teacher4['ssim'])}",
+        f"- motion ratio within 10% of the teacher's: {motion_gap:+.0%}: {verdict(abs(motion_gap) <= 0.10)}",
+    ]
+
+
+def report(result: dict, with_lpips: bool) -> str:
+    lpips_head = " LPIPS |" if with_lpips else ""
+    lines = [
+        "# Few-step students against their teacher",
+        "",
+        f"Written by `bench/bench_distill.py` on {time.strftime('%Y-%m-%d')}, on {result['device']} (tiny models: timings",
+        "compare configurations of this run only). Teacher: the quickstart's trained tiny model; student: distilled",
+        f"from it for {result['distill_train_steps']} steps (`train.py --distill_from`, latent consistency distillation).",
+        f"{result['clips']} held-out synthetic clips x {result['seeds']} seeds per row, frame 0 of each clip as the photo;",
+        "scored on frames 1 to the end against the ground truth. Motion / ground truth: mean absolute frame-to-frame",
+        f"change relative to the ground truth's ({result['ground_truth_motion']:.2f} on 0-255).",
+        "",
+        f"| configuration | PSNR (dB) | SSIM |{lpips_head} garment colour error | motion / ground truth | s / video |",
+        "| --- | ---: | ---: |" + (" ---: |" if with_lpips else "") + " ---: | ---: | ---: |",
+    ]
+    for label, m in result["means"].items():
+        lpips = f" {m['lpips']:.3f} |" if with_lpips else ""
+        lines.append(
+            f"| {label} | {m['psnr']:.2f} | {m['ssim']:.3f} |{lpips} {m['garment_colour_error']:.1f} | "
+            f"{m['motion_ratio']:.2f} | {m['seconds']:.2f} |"
+        )
+    lines += ["", "Goals for the 4-step student:", *goals(result["means"])]
+    if not with_lpips:
+        lines += ["", "LPIPS: not measured (its weight files cannot be fetched offline; pass `--lpips_dir`)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
