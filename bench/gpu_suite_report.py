@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_paper import merge_results, report_markdown  # noqa: E402
+from gpu_goals import GOALS_PATH, update_goals  # noqa: E402
 
 PAPER_PARTS = ("inference", "compiled", "offload_sync", "paper")  # the parts that run bench_paper.py
 
@@ -153,6 +154,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+    if "meta" in results:  # a dry run's goals stay beside its report, never in bench/results/
+        goals = raw / "gpu_goals.json" if args.dry_run else GOALS_PATH
+        update_goals(results, device=device, date=results["meta"]["date"], command="bash bench/gpu_suite.sh", path=goals)
     return 0
 
 

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_paper  # noqa: E402
+import gpu_goals  # noqa: E402
 import gpu_suite_report  # noqa: E402
 
 PARTS = ("inference", "compiled", "torchrun", "offload_sync", "golden_test", "sharded_inference", "paper")
@@ -66,6 +67,8 @@ def test_dry_run_runs_every_part_of_the_gpu_suite_on_the_cpu(tmp_path):
     assert offload["sync"]["sync_check"]["applicable"] is False and offload["sync"]["loop_seconds"] > 0
     assert "PASS: DDP over a process group (gloo)" in (raw / "torchrun.log").read_text()
     assert "## Offloading (one whole video, 4 steps)" in report and "## Host synchronisation" in report
+    goals = json.loads((raw / "gpu_goals.json").read_text())  # a dry run keeps its goals beside its report
+    assert {"video_eager_s", "video_compiled_s", "unet_call_ms", "decode_frame_ms"} <= set(goals)
 
 
 def test_sync_check_counts_each_synchronising_call_by_the_line_of_ours_that_made_it(monkeypatch):
@@ -198,3 +201,28 @@ def test_on_a_gpu_the_suite_runs_its_parts_in_order_with_the_gpu_flags(tmp_path)
     status = {k: v["rc"] for k, v in gpu_suite_report.read_status(raw).items()}
     assert status == {"standins": "skipped", "inference": "skipped", "torchrun": "skipped"}
     assert not [line for line in calls.read_text().splitlines() if "bench_paper" in line or "train.py" in line]
+
+
+def test_goals_come_from_the_newest_run_that_measured_each(tmp_path):
+    """gpu_goals.json: the H200 run's figures read back, then a later run that measured only the UNet replaces that
+    figure alone; the training ratios compare one configuration of ours with the original's."""
+    path = tmp_path / "gpu_goals.json"
+    old = json.loads((ROOT / "bench" / "results" / "gpu_H200_run1.json").read_text())
+    gpu_goals.update_goals(old, device="NVIDIA H200", date="2026-11-26", command="old", path=path)
+    goals = json.loads(path.read_text())
+    assert goals["video_eager_s"]["value"] == pytest.approx(4.978, abs=1e-3)
+    assert goals["unet_call_ms"] == {
+        "value": 24.6926,
+        "unit": "ms",
+        "device": "NVIDIA H200",
+        "date": "2026-11-26",
+        "command": "old",
+    }
+    assert goals["train_speed_vs_original"]["value"] == pytest.approx(0.41994 / 0.67895, abs=1e-3)
+    assert goals["train_memory_vs_original"]["value"] == pytest.approx(7141.81 / 92837.51, abs=1e-3)
+    new = {"unet": {"fp16 + graphs": {"seconds": 0.011}}, "partial": {}}
+    gpu_goals.update_goals(new, device="NVIDIA H100", date="2026-12-08", command="new", path=path)
+    goals = json.loads(path.read_text())
+    assert goals["unet_call_ms"]["value"] == pytest.approx(11.0) and goals["unet_call_ms"]["device"] == "NVIDIA H100"
+    assert goals["video_eager_s"]["device"] == "NVIDIA H200"  # not measured by the new run: kept
+    assert set(goals) <= set(gpu_goals.GOALS) and list(goals) == [k for k in gpu_goals.GOALS if k in goals]
