@@ -74,7 +74,8 @@ from models.training.loop import TrainingObjective  # noqa: E402
 
 STUDENT_STEPS = 4  # the few-step student's default (models/training/loop.py TrainConfig.distill_steps)
 # the order of --sections all; the compiling ones last
-SECTIONS = ("inference", "offload", "sync", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")
+SECTIONS = ("inference", "offload", "sync", "kernels", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")
+KERNELS_SHOWN = 15  # rows of the kernel table
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
 HALF = {name: dtype for name, dtype in PRECISIONS.items() if name != "fp32"}
 ORIGINAL_UNET = "original: fp32 weights (under fp16 autocast on a GPU)"
@@ -427,6 +428,75 @@ def section_unet(bench: Bench) -> dict:
     for r in results.values():
         r["speedup_vs_original"] = base / r["seconds"]
     return results
+
+
+def section_kernels(bench: Bench) -> dict:
+    """Where one UNet call's time goes: its kernels by total time (on a CPU, its CPU ops), eager and, with
+    --compile, compiled whole (on CUDA also with CUDA graphs, torch.compile's 'reduce-overhead'), and the kernel
+    launches a call makes. The compiled variants compile in this process (a warm inductor cache helps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pipeline, dev, dtype = bench.pipeline, bench.device, bench.dtype(bench.precision)
+    unet = pipeline.unet.to(dev, dtype)
+    x = torch.randn(*bench.latent_shape, device=dev, dtype=dtype)
+    context = torch.randn(1, bench.config.context_tokens, bench.config.context_dim, device=dev, dtype=dtype)
+    t = torch.full((1,), 500.0, device=dev)
+    variants = {"eager": unet}
+    if bench.args.compile:
+        variants["compiled"] = torch.compile(unet)
+        if bench.cuda:
+            variants["compiled, CUDA graphs"] = torch.compile(unet, mode="reduce-overhead")
+    calls = 3 if bench.cuda or bench.args.smoke else 1
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
+    time_of = (lambda e: e.self_device_time_total) if bench.cuda else (lambda e: e.self_cpu_time_total)
+    results = bench.partial.setdefault("kernels", {})
+    try:
+        for name, fn in variants.items():
+            with torch.inference_mode():
+                for _ in range(3):  # warm-up: compiling, autotuning, graph capture
+                    fn(x, context, timestep=t)
+                sync(dev)
+                with profile(activities=activities) as prof:
+                    for _ in range(calls):
+                        fn(x, context, timestep=t)
+                    sync(dev)
+            events = [e for e in prof.key_averages() if time_of(e) > 0]
+            total = sum(time_of(e) for e in events)
+            launches = sum(e.count for e in prof.key_averages() if e.key in LAUNCHES)
+            results[name] = {
+                "ms_per_call": total / 1e3 / calls,
+                "launches_per_call": launches / calls,
+                "top": [
+                    {"name": e.key[:90], "ms_per_call": time_of(e) / 1e3 / calls, "share": time_of(e) / total,
+                     "calls_per_call": e.count / calls}
+                    for e in sorted(events, key=time_of, reverse=True)[:KERNELS_SHOWN]
+                ],
+            }  # fmt: skip
+    finally:
+        pipeline.unet.float()
+    return results
+
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernels_markdown(kernels: dict, frames: int) -> list[str]:
+    what = "kernels" if any(r["launches_per_call"] for r in kernels.values()) else "CPU ops"
+    lines = ["", f"## Where one UNet call's time goes ({frames} frames; {what} by total time)"]
+    for name, r in kernels.items():
+        launches = f", {r['launches_per_call']:.0f} kernel launches per call" if what == "kernels" else ""
+        lines += ["", f"**{name}**: {fmt_s(r['ms_per_call'] / 1e3)} of {what} per call{launches}", "",
+                  "| | ms per call | share | calls per UNet call |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            f"| `{row['name']}` | {row['ms_per_call']:.3f} | {row['share']:.1%} | {row['calls_per_call']:.0f} |"
+            for row in r["top"]
+        ]
+    return lines
 
 
 def pipeline_autocast_for(device, precision, dtype):
@@ -901,6 +971,9 @@ def report_markdown(results: dict) -> str:
     if "compiled" in results and "end_to_end" not in results.get("inference", {}).get("ours", {}):
         # measured without the eager end to end (another run, or its section failed)
         lines += ["", "## One video, compiled", *compiled_lines(results["compiled"])]
+    kernels = results.get("kernels") or results.get("partial", {}).get("kernels")
+    if kernels:
+        lines += kernels_markdown(kernels, meta["frames"])
     if "unet" in results:
         lines += [
             "",

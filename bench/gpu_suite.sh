@@ -130,8 +130,9 @@ part torchrun 100 env DEVICE=$dev bash bench/gpu_torchrun.sh
 paper offload_sync 90 offload,sync
 part golden_test 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py -k golden "${golden_flags[@]}"
 part sharded_inference 120 "$PY" bench/bench_inference_sharded.py "${sharded_flags[@]}" --out "$RAW/inference_sharded.md"
-# measured on the H200 already (bench/results/gpu_H200.md): what time is left, cheapest first
-paper paper 540 "${SECTIONS:-memory,sdpa,golden,decoder,unet,train}" --compile --max_train_batch 32
+# the UNet call's kernel table (never measured), then what the H200 measured already (bench/results/gpu_H200.md):
+# what time is left, cheapest first
+paper paper 540 "${SECTIONS:-kernels,memory,sdpa,golden,decoder,unet,train}" --compile --max_train_batch 32
 
 wait  # for the parts of a dry run still in the background
 "$PY" bench/gpu_suite_report.py --raw "$RAW" --out "$report" --order "$ORDER" --budget "$BUDGET" \

@@ -28,6 +28,7 @@ WAITING = (
     ("offload", "`enable_model_cpu_offload()` on CUDA: peak memory and time of one video", "offload_sync"),
     ("sync", "whether the sampling loop synchronises with the GPU, and the loop's overhead", "offload_sync"),
     ("sharded", "sharded batch inference over the GPUs present", "sharded_inference"),
+    ("kernels", "where a UNet call's time goes: its kernels, eager, compiled and with CUDA graphs", "paper"),
 )
 
 
@@ -69,6 +70,8 @@ def produced(key: str, results: dict, status: dict) -> bool:
         return any(row.get("offload") == "model" for row in section("offload").values())
     if key == "sync":
         return "sync_check" in section("sync")
+    if key == "kernels":
+        return bool(section("kernels"))
     part = {"torchrun": "torchrun", "sharded": "sharded_inference"}[key]
     return status.get(part, {}).get("rc") == "0"
 
