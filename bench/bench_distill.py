@@ -60,6 +60,7 @@ def main(argv=None) -> Path:
     p.add_argument("--workdir", default=str(ROOT / "quickstart"), help="the quickstart's folder (teacher, data)")
     p.add_argument("--seed", type=int, default=0, help="the quickstart's seed")
     p.add_argument("--seeds", type=int, default=3, help="videos per held-out clip and configuration")
+    p.add_argument("--original_seeds", type=int, default=1, help="of those, for the 1000-step original procedure (slow)")
     p.add_argument("--distill_train_steps", type=int, default=600, help="distillation steps of the student")
     p.add_argument("--lpips_dir", default=None, help="folder with alexnet-owt-7be5be79.pth and lpips alex.pth")
     p.add_argument("--output", default=None, help="report path (default: bench/results/distill_cpu.md)")
@@ -87,7 +88,7 @@ def main(argv=None) -> Path:
         truth, masks = held_out_truth(cfg, source, 0, frames, size)
         truth_motion.append(float((truth[1:] - truth[:-1]).abs().mean() * 255))
         for label, model, sampler, steps in CONFIGS:
-            for seed in range(args.seeds):
+            for seed in range(min(args.seeds, args.original_seeds) if steps == ORIGINAL_STEPS else args.seeds):
                 begin = time.perf_counter()
                 video = pipes[model](
                     truth[:1], generator=[sample_generator(seed, clip, 0)], sampler=sampler, num_inference_steps=steps,
@@ -112,6 +113,7 @@ def main(argv=None) -> Path:
         "distill_seconds_this_run": distill_seconds,
         "clips": len(tests),
         "seeds": args.seeds,
+        "original_seeds": min(args.seeds, args.original_seeds),
         "ground_truth_motion": gt_motion,
         "means": means,
         "rows": rows,
@@ -126,12 +128,12 @@ def goals(means: dict) -> list[str]:
     """The issue's goals for the 4-step student, each with what it reached."""
     student, teacher4 = means["student, 4 steps"], means["teacher, 4 steps"]
     teacher = means[f"teacher, {DEFAULT_STEPS} steps (default)"]
-    psnr_gap, ssim_gap = teacher["psnr"] - student["psnr"], teacher["ssim"] - student["ssim"]
+    psnr_gap, ssim_gap = student["psnr"] - teacher["psnr"], student["ssim"] - teacher["ssim"]
     motion_gap = student["motion_ratio"] / teacher["motion_ratio"] - 1
     verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
     return [
-        f"- within 0.5 dB PSNR of the {DEFAULT_STEPS}-step teacher: {psnr_gap:+.2f} dB below it: {verdict(psnr_gap <= 0.5)}",
-        f"- within 0.01 SSIM of it: {ssim_gap:+.3f} below it: {verdict(ssim_gap <= 0.01)}",
+        f"- PSNR within 0.5 dB of the {DEFAULT_STEPS}-step teacher's or above: {psnr_gap:+.2f} dB: {verdict(psnr_gap >= -0.5)}",
+        f"- SSIM within 0.01 of it or above: {ssim_gap:+.3f}: {verdict(ssim_gap >= -0.01)}",
         f"- better than the teacher at 4 steps: PSNR {student['psnr']:.2f} vs {teacher4['psnr']:.2f} dB, SSIM "
         f"{student['ssim']:.3f} vs {teacher4['ssim']:.3f}: "
         f"{verdict(student['psnr'] > teacher4['psnr'] and student['ssim'] > teacher4['ssim'])}",
@@ -147,7 +149,8 @@ def report(result: dict, with_lpips: bool) -> str:
         f"Written by `bench/bench_distill.py` on {time.strftime('%Y-%m-%d')}, on {result['device']} (tiny models: timings",
         "compare configurations of this run only). Teacher: the quickstart's trained tiny model; student: distilled",
         f"from it for {result['distill_train_steps']} steps (`train.py --distill_from`, latent consistency distillation).",
-        f"{result['clips']} held-out synthetic clips x {result['seeds']} seeds per row, frame 0 of each clip as the photo;",
+        f"{result['clips']} held-out synthetic clips x {result['seeds']} seeds per row ({result['original_seeds']} for the "
+        "original procedure), frame 0 of each clip as the photo;",
         "scored on frames 1 to the end against the ground truth. Motion / ground truth: mean absolute frame-to-frame",
         f"change relative to the ground truth's ({result['ground_truth_motion']:.2f} on 0-255).",
         "",

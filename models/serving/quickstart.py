@@ -198,53 +198,42 @@ def project(cfg: QuickstartConfig) -> Path:
     return latents
 
 
-def train(cfg: QuickstartConfig, latents: Path) -> Path:
-    from ..networks.checkpoint import latest_checkpoint, read_checkpoint
-
-    latest = latest_checkpoint(cfg.work / "checkpoint")
-    if latest is not None and read_checkpoint(latest).get("step", 0) >= cfg.train_steps:
-        print(f"training: reusing {latest} (step >= {cfg.train_steps}; raise --train_steps to train on)")
-        return latest
-    from ..training.loop import TrainConfig
-    from ..training.loop import train as train_model
-
-    print(f"\ntraining the tiny preset on {latents} for {cfg.train_steps} steps", flush=True)
-    summary = train_model(
-        TrainConfig(
-            preset="tiny", dataset_vae=str(latents), vae=str(cfg.vae_dir), clip=str(cfg.clip_dir),
-            output_dir=str(cfg.work / "checkpoint"), log_dir=str(cfg.work / "video_progress"),
-            sample_dir=str(cfg.work / "training_sample"), max_steps=cfg.train_steps, batch_size=cfg.batch_size,
-            lr=cfg.lr, ema_decay=cfg.ema_decay, seed=cfg.seed, checkpoint_every=max(cfg.train_steps // 3, 1),
-            log_every=10, sample_every=cfg.sample_every, num_workers=0, device="cpu", progress=cfg.progress,
-        )
-    )  # fmt: skip
-    return Path(summary["checkpoint"])
-
-
-def distill(cfg: QuickstartConfig, teacher: Path, latents: Path, *, steps: int | None = None, output_dir=None) -> Path:
-    """What `train.py --distill_from <trained> --distill_steps <student_steps>` does: a few-step student of the
-    trained model on the same latents (resumed or reused on a rerun)."""
+def _train_run(cfg: QuickstartConfig, latents: Path, folder: Path, steps: int, what: str, **options) -> Path:
+    """What train.py does, in `folder` (checkpoint/, video_progress/, training_sample/) for `steps` steps; a run that
+    got that far is reused, a shorter one resumed. `options`: TrainConfig fields beyond the quickstart's."""
     from ..networks.checkpoint import latest_checkpoint, read_checkpoint
     from ..training.loop import TrainConfig
     from ..training.loop import train as train_model
 
-    steps = steps or cfg.distill_train_steps
-    out = Path(output_dir or cfg.work / "student")
-    latest = latest_checkpoint(out / "checkpoint")
+    latest = latest_checkpoint(folder / "checkpoint")
     if latest is not None and read_checkpoint(latest).get("step", 0) >= steps:
-        print(f"distillation: reusing {latest} (step >= {steps})")
+        print(f"{what}: reusing {latest} (step >= {steps}; raise the steps to train on)")
         return latest
-    print(f"\ndistilling a {cfg.student_steps}-step student from {teacher} for {steps} steps", flush=True)
+    print(f"\n{what}: the tiny preset on {latents} for {steps} steps", flush=True)
     summary = train_model(
         TrainConfig(
             preset="tiny", dataset_vae=str(latents), vae=str(cfg.vae_dir), clip=str(cfg.clip_dir),
-            output_dir=str(out / "checkpoint"), log_dir=str(out / "video_progress"), sample_dir=str(out / "training_sample"),
-            max_steps=steps, batch_size=cfg.batch_size, lr=cfg.distill_lr, ema_decay=cfg.ema_decay, seed=cfg.seed,
-            checkpoint_every=max(steps // 3, 1), log_every=10, sample_every=cfg.sample_every, num_workers=0,
-            device="cpu", progress=cfg.progress, distill_from=str(teacher), distill_steps=cfg.student_steps,
+            output_dir=str(folder / "checkpoint"), log_dir=str(folder / "video_progress"),
+            sample_dir=str(folder / "training_sample"), max_steps=steps, batch_size=cfg.batch_size,
+            ema_decay=cfg.ema_decay, seed=cfg.seed, checkpoint_every=max(steps // 3, 1), log_every=10,
+            sample_every=cfg.sample_every, num_workers=0, device="cpu", progress=cfg.progress, **options,
         )
     )  # fmt: skip
     return Path(summary["checkpoint"])
+
+
+def train(cfg: QuickstartConfig, latents: Path) -> Path:
+    return _train_run(cfg, latents, cfg.work, cfg.train_steps, "training", lr=cfg.lr)
+
+
+def distill(cfg: QuickstartConfig, teacher: Path, latents: Path, *, steps: int | None = None) -> Path:
+    """What `train.py --distill_from <trained> --distill_steps <student_steps>` does: a few-step student of the
+    trained model on the same latents, in `workdir/student/`."""
+    what = f"distilling a {cfg.student_steps}-step student from {teacher}"
+    return _train_run(
+        cfg, latents, cfg.work / "student", steps or cfg.distill_train_steps, what,
+        lr=cfg.distill_lr, distill_from=str(teacher), distill_steps=cfg.student_steps,
+    )  # fmt: skip
 
 
 def untrained_checkpoint(cfg: QuickstartConfig, trained: Path) -> Path:
