@@ -180,3 +180,23 @@ def test_a_missing_teacher_is_named(tmp_path, encoder_dirs):  # noqa: F811
     cfg = tiny_config(tmp_path, data, encoder_dirs, distill_from=str(tmp_path / "nope.pth"), max_steps=1)
     with pytest.raises(FileNotFoundError, match="--distill_from .*nope.pth"):
         train(cfg)
+
+
+def test_inference_uses_the_students_sampler_unless_told_otherwise(student, tmp_path):
+    import inference
+
+    def sidecar(*extra):
+        out = tmp_path / "-".join(extra or ("default",))
+        image = tmp_path / "photo.png"
+        if not image.exists():
+            from PIL import Image
+
+            Image.new("RGB", (48, 64), (200, 40, 90)).save(image)
+        argv = ["--pretrained_model", str(student), "--image", str(image), "--output_dir", str(out), "--frames", "4"]
+        assert inference.main([*argv, "--no_progress", *extra]) == 0
+        recorded = json.loads((out / "photo_sample0.json").read_text())
+        return recorded["sampler"], recorded["steps"]
+
+    assert sidecar() == ("lcm", 3)
+    assert sidecar("--steps", "2") == ("lcm", 2)
+    assert sidecar("--sampler", "ddpm", "--steps", "2") == ("ddpm", 2)

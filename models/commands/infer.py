@@ -97,12 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="dataset mode: frame to animate (an index, or 'random' drawn from --seed)",
     )
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="denoising sampler")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help=f"denoising sampler (default: the checkpoint's: {DEFAULT_SAMPLER}, or a distilled student's lcm)",
+    )
     p.add_argument(
         "--steps",
         type=positive_int,
         default=None,
-        help=f"denoising steps (default: {DEFAULT_STEPS}; --sampler ddpm --steps {ORIGINAL_STEPS} is the original's procedure)",
+        help=f"denoising steps (default: the checkpoint's: {DEFAULT_STEPS}, or a distilled student's few; --sampler ddpm "
+        f"--steps {ORIGINAL_STEPS} is the original's procedure)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="base seed (>= 0); video k of input i uses (seed, i, k)")
     p.add_argument(
@@ -187,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from ..core.outputs import ensure_writable_dir
-    from ..diffusion.samplers import DEFAULT_STEPS
     from ..serving.animate import AnimateSettings
     from ..serving.catalogue import animate_catalogue
     from ..serving.inference_io import image_inputs, video_inputs
@@ -202,7 +207,7 @@ def main(argv=None) -> int:
         model = dict(checkpoint=str(args.pretrained_model), preset=args.preset, vae=args.vae, clip=args.clip, ema=not args.no_ema)
         settings = AnimateSettings(
             output_dir=args.output_dir, num_videos=args.num_of_vid, frames=args.frames, sampler=args.sampler,
-            steps=args.steps or DEFAULT_STEPS, seed=args.seed, seed_by=args.seed_by, batch_size=args.batch_size,
+            steps=args.steps, seed=args.seed, seed_by=args.seed_by, batch_size=args.batch_size,
             decode_chunk_size=args.decode_chunk_size, fps=args.fps, resize_mode=args.resize_mode,
             start_frame=args.start_frame, loop=args.loop, overlap=args.overlap, gif=args.gif, png_frames=args.png_frames,
             low_memory=args.low_memory,

@@ -59,6 +59,16 @@ def make_scheduler(name: str, num_steps: int, *, betas: torch.Tensor | None = No
     return set_steps(scheduler, num_steps)
 
 
+SCHEDULER_NAMES = {
+    DDPMScheduler: "ddpm", DDIMScheduler: "ddim", DPMSolverMultistepScheduler: "dpmsolver++", LCMScheduler: "lcm"
+}  # fmt: skip
+
+
+def sampler_name(scheduler) -> str:
+    """The `SAMPLERS` name of a scheduler (another scheduler class goes by its class name)."""
+    return SCHEDULER_NAMES.get(type(scheduler), type(scheduler).__name__)
+
+
 def scheduler_from_record(record: dict):
     """The scheduler a checkpoint's `sampler` record names: {"name", "steps", and make_scheduler's options}."""
     options = {k: v for k, v in record.items() if k not in ("name", "steps")}

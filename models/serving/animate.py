@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from ..data.video_io import (
     write_mp4,
     write_png_frames,
 )
-from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..diffusion.samplers import sampler_name
 from ..networks.checkpoint import RELEASED_CHECKPOINT_URL
 from ..networks.compiling import check_compile_mode
 from ..pipeline.long_video import check_overlap
@@ -67,8 +67,8 @@ class AnimateSettings:
     output_dir: str = "result"
     num_videos: int = 1  # per input, each from its own seed
     frames: int | None = None  # default: the model's (70 for the paper)
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = DEFAULT_STEPS
+    sampler: str | None = None  # default: the model's own (ancestral DDPM; a distilled student's LCM)
+    steps: int | None = None  # default: the model's (25; a distilled student's few)
     seed: int = 0
     seed_by: str = "index"  # or 'name': an input's videos do not change when inputs before it come or go
     precision: str = "fp32"  # autocast precision when the weights are fp32 (the weights' dtype rules otherwise)
@@ -252,9 +252,20 @@ def load_input(item: InputItem, settings: AnimateSettings, index: int, size, fra
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
+def with_model_sampling(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> AnimateSettings:
+    """`settings` with the sampler and steps left open filled in from the model: the checkpoint's record of how it
+    samples (a distilled student's LCM and few steps), else ancestral DDPM over 25 steps."""
+    return replace(
+        settings,
+        sampler=settings.sampler or sampler_name(pipeline.scheduler),
+        steps=settings.steps or pipeline.default_steps,
+    )
+
+
 def run_record(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> dict:
     """The settings a video depends on, as every sidecar records them: a rerun makes again any video whose sidecar
     records others. Memory and speed options (batch size, decode chunks, `low_memory`) are not among them."""
+    settings = with_model_sampling(pipeline, settings)
     record = dict(
         settings.record,
         frames=settings.frames or pipeline.model_config.frames,
@@ -353,6 +364,7 @@ def _share_size(inputs, settings: AnimateSettings) -> int | None:
 def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings: AnimateSettings) -> Iterator[InputResult]:
     """Animate this rank's inputs (`settings.num_videos` videos each, skipping those an earlier run completed with
     the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
+    settings = with_model_sampling(pipeline, settings)
     frames = settings.frames or pipeline.model_config.frames
     pipeline.check_num_frames(frames, loop=settings.loop)
     if settings.seed_by not in SEED_BY:
@@ -390,7 +402,7 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
         videos = pipeline(
             torch.stack([image for _, _, image in batch]),
             num_frames=frames,
-            sampler=settings.sampler,
+            sampler=None if settings.sampler == sampler_name(pipeline.scheduler) else settings.sampler,  # its own
             steps=settings.steps,
             generator=[
                 sample_generator(settings.seed, seed_key(result.item, result.index, settings), sample)

@@ -16,7 +16,7 @@ from ..core.cli import USER_ERRORS
 from ..core.config import DEFAULT_FPS
 from ..core.outputs import ensure_writable_dir
 from ..data.video_io import RESIZE_MODES
-from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from ..diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS, sampler_name
 from ..pipeline.long_video import default_overlap
 from .animate import AnimateSettings, load_pipeline
 from .demo import animate_photo, frames_range, resolve_model
@@ -86,8 +86,10 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
                         1, trained - 1, value=default_overlap(trained), step=1, label="frames shared by windows (cross-faded)"
                     )
                 with gr.Row():
-                    steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="denoising steps")
-                    sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
+                    # the model's own sampling by default: a distilled student's LCM and few steps
+                    steps = gr.Slider(1, MAX_STEPS, value=pipeline.default_steps, step=1, label="denoising steps")
+                    own = sampler_name(pipeline.scheduler)
+                    sampler = gr.Dropdown(list(SAMPLERS), value=own if own in SAMPLERS else DEFAULT_SAMPLER, label="sampler")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, label="seed (same seed and settings, same video)")
                     num_videos = gr.Slider(1, MAX_VIDEOS, value=1, step=1, label="videos")
