@@ -22,7 +22,9 @@ _LAZY = {
     "load_clip": "networks.encoders",
     "EncoderNotFoundError": "networks.encoders",
     "FashionFlowPipeline": "pipeline.pipeline",
+    "ModelSource": "pipeline.model_source",
 }
+
 
 def __getattr__(name):
     if name in _LAZY:

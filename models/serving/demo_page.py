@@ -40,7 +40,7 @@ def model_line(choice, pipeline, precision: str) -> str:
     config = pipeline.model_config
     height, width = pipeline.image_size
     return (
-        f"Model: {choice.origin}, `{choice.checkpoint}` ({config.frames} frames at {width}x{height}, "
+        f"Model: {choice.origin}, `{choice.source.checkpoint}` ({config.frames} frames at {width}x{height}, "
         f"{pipeline.encoders.preprocessing} preprocessing) on {pipeline.device.type} in {precision}."
     )
 
@@ -61,7 +61,7 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
         settings = AnimateSettings(
             output_dir=str(output_dir), num_videos=int(num_videos), frames=int(frames), sampler=sampler, steps=int(steps),
             seed=int(seed), precision=precision, fps=int(fps), resize_mode=resize_mode, gif=gif, loop=loop,
-            overlap=int(overlap) if windowed else None, record=dict(checkpoint=str(choice.checkpoint)),
+            overlap=int(overlap) if windowed else None, record=choice.source.record(),
         )  # fmt: skip
         try:
             made = animate_photo(pipeline, photo, settings)
@@ -128,7 +128,7 @@ def build_page(*, checkpoint=None, vae=None, clip=None, output_dir) -> tuple[gr.
     """The demo page, or the set-up page when no model can be loaded (then also its message)."""
     try:
         choice = resolve_model(checkpoint, vae=vae, clip=clip)
-        pipeline, precision = load_pipeline(choice.checkpoint, vae=choice.vae, clip=choice.clip)
+        pipeline, precision = load_pipeline(choice.source)
     except USER_ERRORS as error:
         return setup_page(str(error)), str(error)
     return animate_page(pipeline, precision, choice, output_dir), None
