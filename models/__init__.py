@@ -22,6 +22,7 @@ _LAZY = {
     "load_clip": "networks.encoders",
     "EncoderNotFoundError": "networks.encoders",
     "FashionFlowPipeline": "pipeline.pipeline",
+    "ModelSource": "pipeline.model_source",
 }
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 import inference
 from models.core.distributed import rank_share
 from models.core.manifest import read_manifest
+from models.pipeline.model_source import ModelSource
 from models.serving.animate import AnimateSettings, animate, load_pipeline
 from models.serving.catalogue import CatalogueSummary, animate_share, check_same_inputs
 from models.serving.inference_io import image_inputs
@@ -67,7 +68,7 @@ def assert_same_outputs(a: Path, b: Path):
 
 @pytest.fixture(scope="module")
 def pipeline(parts):
-    return load_pipeline(parts["ours"], device="cpu")[0]
+    return load_pipeline(ModelSource(parts["ours"], device="cpu"))[0]
 
 
 def settings_for(out: Path, **changes) -> AnimateSettings:

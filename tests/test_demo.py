@@ -21,6 +21,7 @@ from browser import animate_in_page, chromium, error_in_page, missing_browser
 
 from models.data.video_io import probe_video
 from models.networks.checkpoint import RELEASED_CHECKPOINT_PATH
+from models.pipeline.model_source import ModelSource
 from models.serving.animate import AnimateSettings, load_pipeline
 from models.serving.demo import ModelChoice, NoModelError, PhotoError, animate_photo, frames_range, resolve_model
 from models.serving.quickstart import QuickstartConfig
@@ -70,14 +71,14 @@ def test_the_released_checkpoint_comes_before_the_quickstart_model(tmp_path, mon
         (quickstart.work / "checkpoint" / f"step_{step:07d}.pth").write_bytes(b"")
     quickstart.vae_dir.mkdir(parents=True), quickstart.clip_dir.mkdir(parents=True)
     choice = resolve_model()
-    assert choice.checkpoint == quickstart.work / "checkpoint" / "step_0001200.pth"
-    assert (choice.vae, choice.clip) == (str(quickstart.vae_dir), str(quickstart.clip_dir))
+    assert choice.source.checkpoint == quickstart.work / "checkpoint" / "step_0001200.pth"
+    assert (choice.source.vae, choice.source.clip) == (str(quickstart.vae_dir), str(quickstart.clip_dir))
 
     Path(RELEASED_CHECKPOINT_PATH).parent.mkdir()
     Path(RELEASED_CHECKPOINT_PATH).write_bytes(b"")
     choice = resolve_model()
-    assert (choice.checkpoint, choice.vae, choice.clip) == (Path(RELEASED_CHECKPOINT_PATH), None, None)  # the hub's
-    assert resolve_model("mine.pth", vae="v") == ModelChoice(Path("mine.pth"), "v", None, "--checkpoint")
+    assert choice.source == ModelSource(Path(RELEASED_CHECKPOINT_PATH))  # the hub's encoders
+    assert resolve_model("mine.pth", vae="v") == ModelChoice(ModelSource(Path("mine.pth"), vae="v"), "--checkpoint")
 
 
 def test_the_quickstart_model_needs_its_encoders(tmp_path, monkeypatch):
@@ -104,7 +105,7 @@ def test_frames_offered_are_the_ones_the_unet_takes():
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(parts):
-    pipeline, precision = load_pipeline(parts["ours"], vae=parts["vae"], clip=parts["clip"], device="cpu")
+    pipeline, precision = load_pipeline(ModelSource(parts["ours"], vae=parts["vae"], clip=parts["clip"], device="cpu"))
     return pipeline, precision
 
 

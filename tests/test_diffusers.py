@@ -19,6 +19,7 @@ from models.networks.unet import SpaceTimeUnet
 from models.pipeline import convert as convert_module
 from models.pipeline.convert import convert
 from models.pipeline.hub import card_metadata
+from models.pipeline.model_source import ModelSource
 from models.pipeline.pipeline import FashionFlowPipeline, FashionFlowPipelineOutput, sample_generator
 
 TINY = get_preset("tiny")
@@ -29,10 +30,8 @@ COMPONENTS = ("unet", "adapter", "vae", "image_encoder", "feature_extractor", "s
 def folders(parts, tmp_path_factory):
     """Both checkpoint formats converted: the released one as the original ran it ('legacy'), ours as trained."""
     root = tmp_path_factory.mktemp("folders")
-    released = convert(
-        parts["released"], root / "released", preset="tiny", preprocessing="legacy", vae=parts["vae"], clip=parts["clip"]
-    )
-    return dict(released=released, ours=convert(parts["ours"], root / "ours"))
+    released = ModelSource(parts["released"], preset="tiny", preprocessing="legacy", vae=parts["vae"], clip=parts["clip"])
+    return dict(released=convert(released, root / "released"), ours=convert(ModelSource(parts["ours"]), root / "ours"))
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +363,7 @@ def test_convert_command_refuses_a_used_folder_and_pushes_on_request(parts, tmp_
     assert convert_module.main(["--checkpoint", str(parts["ours"]), "--output_dir", str(used)]) == 2
     assert "--output_dir" in capsys.readouterr().err and (used / "notes.txt").read_text() == "mine"
     with pytest.raises(OutputLocationError):
-        convert(parts["ours"], used)
+        convert(ModelSource(parts["ours"]), used)
     assert convert_module.main(["--checkpoint", str(tmp_path / "missing.pth"), "--output_dir", str(tmp_path / "new")]) == 2
     assert "missing.pth does not exist" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
@@ -409,7 +408,7 @@ def test_our_checkpoints_convert_their_ema_weights_by_default(parts, tmp_path):
     unet.load_state_dict(ckpt["net"]), adapter.load_state_dict(ckpt["adapter"])
     ema = {part: {k: v + 1 for k, v in ckpt[part].items()} for part in ("net", "adapter")}  # unlike the live weights
     path = save_checkpoint(tmp_path / "with_ema.pth", unet, adapter, ckpt["config"], ema=ema, step=7)
-    ema_folder = convert(path, tmp_path / "ema")
+    ema_folder = convert(ModelSource(path), tmp_path / "ema")
     assert convert_module.main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "live"), "--no_ema"]) == 0
     for folder, weights in ((ema_folder, ema), (tmp_path / "live", ckpt)):
         loaded = SpaceTimeUnet.from_pretrained(folder / "unet").state_dict()
@@ -426,10 +425,10 @@ def test_our_checkpoints_convert_their_ema_weights_by_default(parts, tmp_path):
 def test_inference_takes_a_pipeline_folder(folders, parts):
     from models.serving.animate import load_pipeline
 
-    pipe, precision = load_pipeline(folders["ours"], device="cpu")
+    pipe, precision = load_pipeline(ModelSource(folders["ours"], device="cpu"))
     assert precision == "fp32" and pipe.unet.dtype == torch.float32
     assert pipe.model_config.replace(vae="", clip="") == TINY.replace(vae="", clip="")
     with pytest.raises(ValueError, match=r"is a pipeline folder, .*: drop --vae, --no_ema"):
-        load_pipeline(folders["ours"], device="cpu", vae=parts["vae"], use_ema=False)
+        load_pipeline(ModelSource(folders["ours"], device="cpu", vae=parts["vae"], use_ema=False))
     with pytest.raises(FileNotFoundError, match="nor a pipeline folder"):
-        load_pipeline(folders["ours"].parent, device="cpu")
+        load_pipeline(ModelSource(folders["ours"].parent, device="cpu"))

@@ -293,15 +293,16 @@ def test_unusable_folder_entries_are_reported_and_the_rest_animated(parts, tmp_p
 def test_compile_flag_picks_full_by_default_or_regional(parts):
     """--compile alone compiles each network whole, --compile regional their repeated blocks in place; both lazily,
     so loading costs nothing here (test_pipeline.py runs a compiled pipeline)."""
+    from models.pipeline.model_source import ModelSource
     from models.serving.animate import load_pipeline
 
     parse = inference.build_parser().parse_args
     assert parse([]).compile is None and parse(["--compile"]).compile == "full"
     assert parse(["--compile", "regional"]).compile == "regional"
-    regional, _ = load_pipeline(parts["ours"], device="cpu", compile="regional")
+    regional, _ = load_pipeline(ModelSource(parts["ours"], device="cpu"), compile="regional")
     assert type(regional.unet).__name__ == "SpaceTimeUnet" and regional.static_decode_shapes
     assert regional.unet.mid_attn._compiled_call_impl is not None
-    full, _ = load_pipeline(parts["ours"], device="cpu", compile="full")
+    full, _ = load_pipeline(ModelSource(parts["ours"], device="cpu"), compile="full")
     assert type(full.unet).__name__ == "OptimizedModule" and full.static_decode_shapes
     with pytest.raises(ValueError, match="compile mode must be one of"):
-        load_pipeline(parts["ours"], device="cpu", compile="max-autotune")
+        load_pipeline(ModelSource(parts["ours"], device="cpu"), compile="max-autotune")

@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from ..core.outputs import ensure_writable_dir
+    from ..pipeline.model_source import ModelSource
     from ..serving.animate import AnimateSettings
     from ..serving.catalogue import animate_catalogue
     from ..serving.inference_io import image_inputs, video_inputs
@@ -204,20 +205,19 @@ def main(argv=None) -> int:
             inputs = image_inputs(args.image or [], args.image_list)
         else:
             inputs = video_inputs(args.dataset)
-        model = dict(checkpoint=str(args.pretrained_model), preset=args.preset, vae=args.vae, clip=args.clip, ema=not args.no_ema)
+        source = ModelSource(
+            args.pretrained_model, vae=args.vae, clip=args.clip, preprocessing=args.preprocessing, preset=args.preset,
+            device=args.device, precision=args.precision, autocast=args.autocast, use_ema=not args.no_ema,
+        )  # fmt: skip
         settings = AnimateSettings(
             output_dir=args.output_dir, num_videos=args.num_of_vid, frames=args.frames, sampler=args.sampler,
             steps=args.steps, seed=args.seed, seed_by=args.seed_by, batch_size=args.batch_size,
             decode_chunk_size=args.decode_chunk_size, fps=args.fps, resize_mode=args.resize_mode,
             start_frame=args.start_frame, loop=args.loop, overlap=args.overlap, gif=args.gif, png_frames=args.png_frames,
             low_memory=args.low_memory,
-            progress=not args.no_progress, record=model, overwrite=args.overwrite,
+            progress=not args.no_progress, record=source.record(), overwrite=args.overwrite,
         )  # fmt: skip
-        summary = animate_catalogue(
-            inputs, settings, args.pretrained_model, device=args.device, local_rank=args.local_rank, vae=args.vae,
-            clip=args.clip, preprocessing=args.preprocessing, preset=args.preset, precision=args.precision,
-            autocast=args.autocast, compile=args.compile, use_ema=not args.no_ema,
-        )  # fmt: skip
+        summary = animate_catalogue(inputs, settings, source, local_rank=args.local_rank, compile=args.compile)
     except USER_ERRORS as error:
         print_user_error("inference.py", error)
         return 2

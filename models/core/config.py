@@ -69,6 +69,10 @@ class ModelConfig:
     def size_multiple(self) -> int:
         return 2 ** len(self.dim_mult)
 
+    def resolve_frames(self, frames: int | None = None) -> int:
+        """`frames` when given, else the trained clip length: every frames default of the project."""
+        return frames or self.frames
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -51,8 +51,11 @@ def add_local_rank_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """`device` as given ('cpu', 'cuda', 'cuda:1', 'mps'), else this rank's GPU when there is one, else CPU."""
+def pick_device(device: str | None = None, local_rank: int | None = None) -> torch.device:
+    """`device` as given ('cpu', 'cuda', 'cuda:1', 'mps'), else this rank's GPU when there is one, else CPU: every
+    device default of the project. `local_rank` defaults to the launcher's LOCAL_RANK (0 without one)."""
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())

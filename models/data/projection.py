@@ -376,7 +376,7 @@ def project(
             config, vae=vae, with_clip=False, device=env.device, dtype=check_precision(precision)
         )
         summary = project_dataset(
-            dataset_dir, output_dir, encoders, frames=frames or config.frames, clips_per_video=clips_per_video,
+            dataset_dir, output_dir, encoders, frames=config.resolve_frames(frames), clips_per_video=clips_per_video,
             seed=seed, batch_size=batch_size, size=size or encoders.image_size(config.latent_size),
             preprocessing=config.preprocessing, vae=vae, rank=env.rank, world_size=env.world_size, progress=progress,
         )  # fmt: skip

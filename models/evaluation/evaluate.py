@@ -38,6 +38,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from ..core.cli import run_command
+from ..core.distributed import pick_device
 from ..core.files import atomic_write
 from ..data.video_io import iter_video_frames, resize_frame
 from .feature_nets import MissingWeightsError, download_weights, load_i3d, load_inception, load_lpips, resolve_weights
@@ -451,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     metrics = args.metrics or list(ALL_METRICS)
     pairs, unmatched_generated, unmatched_reference = pair_videos(args.generated, args.reference)
     if not pairs:

@@ -14,6 +14,7 @@ The released checkpoint and ours (EMA weights by default) both convert; `--vae`,
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.cli import run_command
@@ -22,7 +23,7 @@ from ..core.files import atomic_write_dir
 from ..core.outputs import OutputLocationError, ensure_writable_dir
 from ..networks.checkpoint import read_checkpoint
 from .hub import push_folder
-from .pipeline import FashionFlowPipeline
+from .model_source import ModelSource
 
 
 def check_output_dir(path: Path) -> Path:
@@ -31,24 +32,13 @@ def check_output_dir(path: Path) -> Path:
     return ensure_writable_dir(path, "--output_dir")
 
 
-def convert(
-    checkpoint,
-    output_dir,
-    *,
-    vae: str | None = None,
-    clip: str | None = None,
-    preset: str | None = None,
-    preprocessing: str | None = None,
-    use_ema: bool = True,
-    repo_id: str | None = None,
-) -> Path:
-    """Write the pipeline folder of `checkpoint` (weights, configs, model card) to `output_dir`, which must be new or
-    empty; it appears complete or not at all. `repo_id` is the name the model card's loading code uses."""
-    read_checkpoint(checkpoint)  # a missing file, or one that is no checkpoint, is refused before the folder is made
+def convert(source: ModelSource, output_dir, *, repo_id: str | None = None) -> Path:
+    """Write the pipeline folder of `source`'s checkpoint (weights, configs, model card) to `output_dir`, which must be
+    new or empty; it appears complete or not at all. It is made on the CPU. `repo_id` is the name the model card's
+    loading code uses."""
+    read_checkpoint(source.checkpoint)  # a missing file, or one that is no checkpoint, is refused before the folder is made
     output_dir = check_output_dir(Path(output_dir))
-    pipe = FashionFlowPipeline.from_checkpoint(
-        checkpoint, vae=vae, clip=clip, preset=preset, preprocessing=preprocessing, device="cpu", use_ema=use_ema
-    )
+    pipe = replace(source, device="cpu").load()
     return atomic_write_dir(output_dir, lambda folder: pipe.save_pretrained(folder, repo_id=repo_id or str(output_dir)))
 
 
@@ -76,16 +66,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def run():
-        folder = convert(
-            args.checkpoint,
-            args.output_dir,
-            vae=args.vae,
-            clip=args.clip,
-            preset=args.preset,
-            preprocessing=args.preprocessing,
+        source = ModelSource(
+            args.checkpoint, vae=args.vae, clip=args.clip, preprocessing=args.preprocessing, preset=args.preset,
             use_ema=not args.no_ema,
-            repo_id=args.push_to_hub,
-        )
+        )  # fmt: skip
+        folder = convert(source, args.output_dir, repo_id=args.push_to_hub)
         print(f"wrote {folder}: load it with FashionFlowPipeline.from_pretrained({str(folder)!r})")
         if args.push_to_hub:
             print(f"uploaded: {push_folder(folder, args.push_to_hub, private=args.private)}")

@@ -37,6 +37,7 @@ from transformers import CLIPVisionModel
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..core.config import ModelConfig, check_preprocessing, get_preset
+from ..core.distributed import pick_device
 from ..core.precision import autocast, resolve_precision
 from ..core.progress import progress_bar
 from ..data.video_io import frames_to_uint8, photos_to_tensor
@@ -181,7 +182,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         A released-format file carries no config and means the paper's; `preset` names another one for such
         files (e.g. 'tiny'). Checkpoints of ours record their config, and `preset` is ignored for them.
         """
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = pick_device(device)
         ckpt = read_checkpoint(path, map_location="cpu")
         config = ckpt["config"]
         if preset is not None and ckpt["format"] == "released":
@@ -569,7 +570,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         frame leads into the first), sample windows sharing `overlap` frames (models/pipeline/long_video.py). Returns
         `FashionFlowPipelineOutput(frames=...)` (see `postprocess_video`), or `(frames,)` without `return_dict`.
         """
-        num_frames = num_frames or self.model_config.frames
+        num_frames = self.model_config.resolve_frames(num_frames)
         if None not in (num_inference_steps, steps) and num_inference_steps != steps:
             raise ValueError(f"num_inference_steps={num_inference_steps} and steps={steps} name the same setting; pass one")
         steps = next((n for n in (num_inference_steps, steps) if n is not None), self.default_steps)

@@ -1,7 +1,7 @@
 """Animating inputs: photos or dataset frames in, videos on disk out. The work behind `inference.py`, shared by
 anything else that animates (the web demo, notebooks).
 
-    pipeline, precision = load_pipeline("checkpoint/FashionFlow_checkpoint.pth")
+    pipeline, precision = load_pipeline(ModelSource("checkpoint/FashionFlow_checkpoint.pth"))
     for result in animate(pipeline, image_inputs(["shoots/"]), AnimateSettings(precision=precision)):
         print(result.item.path, result.videos or result.error)
 
@@ -29,7 +29,6 @@ from ..core.config import DEFAULT_FPS, SEED_BY
 from ..core.distributed import rank_share
 from ..core.files import leftover_temp_files_in
 from ..core.manifest import same_setting
-from ..core.precision import PRECISIONS, default_precision, resolve_precision
 from ..core.profiling import memory_kind, peak_memory_mb, reset_peak_memory
 from ..core.progress import progress_bar
 from ..data.video_io import (
@@ -46,9 +45,9 @@ from ..data.video_io import (
     write_png_frames,
 )
 from ..diffusion.samplers import sampler_name
-from ..networks.checkpoint import RELEASED_CHECKPOINT_URL
 from ..networks.compiling import check_compile_mode
 from ..pipeline.long_video import check_overlap
+from ..pipeline.model_source import ModelSource
 from ..pipeline.pipeline import LOW_MEMORY_DECODE_CHUNK, FashionFlowPipeline, sample_generator
 from .inference_io import (
     BackgroundWriter,
@@ -136,71 +135,16 @@ class InputResult:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def is_pipeline_folder(path) -> bool:
-    """A folder written by `save_pretrained` / `python -m models convert` (it holds a `model_index.json`)."""
-    return (Path(path) / "model_index.json").is_file()
-
-
-def check_checkpoint(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found (nor a pipeline folder with a model_index.json). Download the released "
-            f"checkpoint from {RELEASED_CHECKPOINT_URL} into "
-            "checkpoint/, train your own (`python -m models quickstart` makes a tiny one offline), or pass "
-            "--pretrained_model <path>"
-        )
-    return path
-
-
-def load_pipeline(
-    checkpoint,
-    *,
-    vae: str | None = None,
-    clip: str | None = None,
-    preprocessing: str | None = None,
-    preset: str | None = None,
-    device: str | None = None,
-    precision: str | None = None,
-    autocast: bool = False,
-    compile: str | None = None,
-    use_ema: bool = True,
-) -> tuple[FashionFlowPipeline, str]:
-    """The pipeline set up for animating, and the precision it runs in. `checkpoint` is a checkpoint file of either
-    format or a pipeline folder (`models.pipeline.convert`, `save_pretrained`).
-
-    The weights are cast to `precision` (default: fp16 on CUDA, fp32 elsewhere) unless `autocast`, which keeps
-    them fp32 under autocast as the original did. `compile` ('full' or 'regional', models/networks/compiling.py) compiles the
-    UNet and the VAE decoder.
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = resolve_precision(precision or default_precision(device), device)
-    if device.type == "cuda":
+def load_pipeline(source: ModelSource, *, compile: str | None = None) -> tuple[FashionFlowPipeline, str]:
+    """The pipeline of `source` set up for animating, and the precision it runs in. `compile` ('full' or 'regional',
+    models/networks/compiling.py) compiles the UNet and the VAE decoder."""
+    source = source.resolved()
+    if torch.device(source.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
-    dtype = torch.float32 if autocast else PRECISIONS[precision]
-    if is_pipeline_folder(checkpoint):
-        options = dict(vae=vae, clip=clip, preprocessing=preprocessing, preset=preset, no_ema=not use_ema)
-        given = [f"--{name}" for name, value in options.items() if value]
-        if given:
-            raise ValueError(
-                f"{checkpoint} is a pipeline folder, which fixes its encoders, preprocessing and weights: drop "
-                f"{', '.join(given)}, or pass the checkpoint it was converted from"
-            )
-        pipeline = FashionFlowPipeline.from_pretrained(checkpoint, torch_dtype=dtype).to(device)
-    else:
-        pipeline = FashionFlowPipeline.from_checkpoint(
-            check_checkpoint(checkpoint),
-            vae=vae,
-            clip=clip,
-            preprocessing=preprocessing,
-            preset=preset,
-            device=device,
-            dtype=dtype,
-            use_ema=use_ema,
-        )
+    pipeline = source.load()
     if compile:
         pipeline.compile(regional=check_compile_mode(compile) == "regional")
-    return pipeline, precision
+    return pipeline, source.precision
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -268,7 +212,7 @@ def run_record(pipeline: FashionFlowPipeline, settings: AnimateSettings) -> dict
     settings = with_model_sampling(pipeline, settings)
     record = dict(
         settings.record,
-        frames=settings.frames or pipeline.model_config.frames,
+        frames=pipeline.model_config.resolve_frames(settings.frames),
         fps=settings.fps,
         seed=settings.seed,
         sampler=settings.sampler,
@@ -365,7 +309,7 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     """Animate this rank's inputs (`settings.num_videos` videos each, skipping those an earlier run completed with
     the same settings unless `settings.overwrite`); yield each input's result when all its videos are settled."""
     settings = with_model_sampling(pipeline, settings)
-    frames = settings.frames or pipeline.model_config.frames
+    frames = pipeline.model_config.resolve_frames(settings.frames)
     pipeline.check_num_frames(frames, loop=settings.loop)
     if settings.seed_by not in SEED_BY:
         raise ValueError(f"seed_by must be one of {SEED_BY}, got {settings.seed_by!r}")

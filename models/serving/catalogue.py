@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from ..core.distributed import all_gather_objects, barrier, cleanup_distributed, finish_ranks, setup_distributed
 from ..core.files import leftover_temp_files_in
 from ..core.manifest import append_manifest_entry, manifest_path
+from ..pipeline.model_source import ModelSource
 from .animate import AnimateSettings, InputResult, animate, load_pipeline, outputs_of, run_record
 from .inference_io import InputList
 
@@ -120,19 +121,19 @@ def check_same_inputs(inputs: InputList) -> None:
 
 
 def animate_catalogue(
-    inputs: InputList, settings: AnimateSettings, checkpoint, *, device=None, local_rank=None, **load_options
+    inputs: InputList, settings: AnimateSettings, source: ModelSource, *, local_rank=None, compile: str | None = None
 ) -> CatalogueSummary:
     """What `inference.py` does, alone or as one rank of many: join the process group when a launcher started
-    this process, animate this rank's share on its device (`load_pipeline(checkpoint, **load_options)` sets the
-    precision), keep the manifest, and return the summary of all ranks (printed by the main rank)."""
-    env = setup_distributed(device, local_rank)
+    this process, animate this rank's share with `source`'s model on this rank's device (`source.device`, when
+    given, names the kind), keep the manifest, and return the summary of all ranks (printed by the main rank)."""
+    env = setup_distributed(source.device, local_rank)
     try:
         check_same_inputs(inputs)
         if env.is_main:
             for leftover in leftover_temp_files_in(settings.output_dir):  # a killed run's; no rank writes yet
                 leftover.unlink(missing_ok=True)
         barrier()
-        pipeline, precision = load_pipeline(checkpoint, device=str(env.device), **load_options)
+        pipeline, precision = load_pipeline(replace(source, device=str(env.device)), compile=compile)
         settings = replace(
             settings,
             precision=precision,

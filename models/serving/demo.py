@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..networks.checkpoint import RELEASED_CHECKPOINT_PATH, RELEASED_CHECKPOINT_URL, latest_checkpoint
+from ..pipeline.model_source import ModelSource
 from .animate import AnimateSettings, animate
 from .inference_io import image_inputs
 from .quickstart import QuickstartConfig
@@ -34,9 +35,7 @@ class PhotoError(ValueError):
 
 @dataclass(frozen=True)
 class ModelChoice:
-    checkpoint: Path
-    vae: str | None = None  # None: the encoder the checkpoint's config names
-    clip: str | None = None
+    source: ModelSource  # its vae and clip None: the encoders the checkpoint's config names
     origin: str = "--checkpoint"  # where the choice came from, shown on the page
 
 
@@ -64,14 +63,14 @@ def no_model_message() -> str:
 def resolve_model(checkpoint=None, *, vae: str | None = None, clip: str | None = None) -> ModelChoice:
     """The model the demo serves: `checkpoint` when given, else the released one, else the quickstart's."""
     if checkpoint is not None:
-        return ModelChoice(Path(checkpoint), vae, clip)
+        return ModelChoice(ModelSource(Path(checkpoint), vae, clip))
     if Path(RELEASED_CHECKPOINT_PATH).is_file():
-        return ModelChoice(Path(RELEASED_CHECKPOINT_PATH), vae, clip, "the released checkpoint")
+        return ModelChoice(ModelSource(Path(RELEASED_CHECKPOINT_PATH), vae, clip), "the released checkpoint")
     quickstart = QuickstartConfig()
     trained = latest_checkpoint(quickstart.work / "checkpoint")
     if trained is not None and quickstart.vae_dir.is_dir() and quickstart.clip_dir.is_dir():
         vae, clip = vae or str(quickstart.vae_dir), clip or str(quickstart.clip_dir)
-        return ModelChoice(trained, vae, clip, "the quickstart's tiny model")
+        return ModelChoice(ModelSource(trained, vae, clip), "the quickstart's tiny model")
     raise NoModelError(no_model_message())
 
 
@@ -80,7 +79,7 @@ def frames_range(config, max_frames: int | None = None) -> tuple[int, int, int]:
     photo), up to `max_frames` (default: the trained length, the longest single window; longer videos are made
     window by window). Windowed lengths may be any number, but one step keeps the slider simple."""
     step = config.frame_multiple
-    return step * math.ceil(2 / step), max_frames or config.frames, step
+    return step * math.ceil(2 / step), config.resolve_frames(max_frames), step
 
 
 def request_folder(output_dir) -> Path:

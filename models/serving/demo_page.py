@@ -21,7 +21,7 @@ from ..pipeline.long_video import default_overlap
 from .animate import AnimateSettings, load_pipeline
 from .demo import animate_photo, frames_range, resolve_model
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "docs" / "examples"  # in the repository; an installed copy has none
 MAX_VIDEOS = 4  # video players on the page; one request makes at most this many
 MAX_WINDOWS = 4  # longest video offered, in trained lengths (longer ones are sampled in windows: models/pipeline/long_video.py)
 MAX_STEPS = 100  # the page's limit; inference.py takes up to the schedule's 1000
@@ -31,6 +31,8 @@ TITLE = "FashionFlow: a fashion photo to a short video"
 
 
 def example_photos() -> list[str]:
+    if not EXAMPLES_DIR.is_dir():
+        return []
     return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
@@ -38,7 +40,7 @@ def model_line(choice, pipeline, precision: str) -> str:
     config = pipeline.model_config
     height, width = pipeline.image_size
     return (
-        f"Model: {choice.origin}, `{choice.checkpoint}` ({config.frames} frames at {width}x{height}, "
+        f"Model: {choice.origin}, `{choice.source.checkpoint}` ({config.frames} frames at {width}x{height}, "
         f"{pipeline.encoders.preprocessing} preprocessing) on {pipeline.device.type} in {precision}."
     )
 
@@ -59,7 +61,7 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
         settings = AnimateSettings(
             output_dir=str(output_dir), num_videos=int(num_videos), frames=int(frames), sampler=sampler, steps=int(steps),
             seed=int(seed), precision=precision, fps=int(fps), resize_mode=resize_mode, gif=gif, loop=loop,
-            overlap=int(overlap) if windowed else None, record=dict(checkpoint=str(choice.checkpoint)),
+            overlap=int(overlap) if windowed else None, record=choice.source.record(),
         )  # fmt: skip
         try:
             made = animate_photo(pipeline, photo, settings)
@@ -76,7 +78,8 @@ def animate_page(pipeline, precision: str, choice, output_dir) -> gr.Blocks:
                 photo = gr.Image(
                     label="photo", type="filepath", image_mode=None, sources=["upload"], height=PLAYER_HEIGHT, elem_id="photo"
                 )
-                gr.Examples(example_photos(), inputs=photo, label="examples", cache_examples=False)
+                if examples := example_photos():
+                    gr.Examples(examples, inputs=photo, label="examples", cache_examples=False)
                 frames = gr.Slider(
                     fewest, most, value=trained, step=step, label=f"frames (frame 0 is the photo; over {trained}: in windows)"
                 )
@@ -127,7 +130,7 @@ def build_page(*, checkpoint=None, vae=None, clip=None, output_dir) -> tuple[gr.
     """The demo page, or the set-up page when no model can be loaded (then also its message)."""
     try:
         choice = resolve_model(checkpoint, vae=vae, clip=clip)
-        pipeline, precision = load_pipeline(choice.checkpoint, vae=choice.vae, clip=choice.clip)
+        pipeline, precision = load_pipeline(choice.source)
     except USER_ERRORS as error:
         return setup_page(str(error)), str(error)
     return animate_page(pipeline, precision, choice, output_dir), None

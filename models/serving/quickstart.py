@@ -254,6 +254,7 @@ def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path, *, sampler=N
     """What inference.py does on frame 0 of every test video (with the default sampler, or `sampler` and `steps`);
     reuses videos already made from this checkpoint."""
     from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from ..pipeline.model_source import ModelSource
     from .animate import AnimateSettings, load_pipeline
     from .animate import animate as animate_inputs
     from .inference_io import sample_stem, video_inputs
@@ -269,10 +270,11 @@ def animate(cfg: QuickstartConfig, checkpoint: Path, out_dir: Path, *, sampler=N
     done = all(made_as_wanted(s) for s in sidecars)
     if not done:
         print(f"\nanimating frame 0 of every video in {cfg.dataset / 'test'} with {checkpoint}", flush=True)
-        pipeline, precision = load_pipeline(checkpoint, vae=str(cfg.vae_dir), clip=str(cfg.clip_dir), device="cpu")
+        source = ModelSource(checkpoint, vae=str(cfg.vae_dir), clip=str(cfg.clip_dir), device="cpu")
+        pipeline, precision = load_pipeline(source)
         settings = AnimateSettings(
             output_dir=str(out_dir), seed=cfg.seed, precision=precision, gif=True, progress=cfg.progress,
-            record=dict(checkpoint=str(checkpoint)), sampler=sampler, steps=steps,
+            record=source.record(), sampler=sampler, steps=steps,
         )  # fmt: skip
         failed = [r for r in animate_inputs(pipeline, video_inputs(cfg.dataset / "test"), settings) if not r.ok]
         if failed:

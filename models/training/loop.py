@@ -271,7 +271,7 @@ def open_dataset(cfg: TrainConfig, config: ModelConfig, image_size: tuple[int, i
     the images its VAE encodes."""
     from ..data.dataset import LatentVideoDataset
 
-    frames = cfg.frames or config.frames
+    frames = config.resolve_frames(cfg.frames)
     if frames % config.frame_multiple:
         raise ValueError(f"--frames {frames} must be divisible by {config.frame_multiple} for this model")
     return LatentVideoDataset(
@@ -372,7 +372,7 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
             generator=torch.Generator().manual_seed(cfg.seed),
             progress=False,
             precision=cfg.precision,
-            num_frames=cfg.frames or config.frames,
+            num_frames=config.resolve_frames(cfg.frames),
             output_type="pt",
             **options,
         ).frames
