@@ -16,6 +16,7 @@ from models.diffusion.samplers import make_scheduler
 from models.diffusion.schedule import NoiseSchedule
 from models.networks.checkpoint import build_models, read_checkpoint, save_checkpoint
 from models.pipeline.convert import convert
+from models.pipeline.model_source import ModelSource
 from models.pipeline.pipeline import FashionFlowPipeline, sample_generator
 from models.training import distill
 from models.training.loop import train, weights_digest
@@ -154,7 +155,7 @@ def test_a_students_checkpoint_and_folder_sample_with_its_sampler(student, tmp_p
     from_file = FashionFlowPipeline.from_checkpoint(student, device="cpu")
     assert isinstance(from_file.scheduler, LCMScheduler) and from_file.default_steps == 3
     assert count_steps(from_file) == 3 and count_steps(from_file, num_inference_steps=2) == 2
-    folder = convert(student, tmp_path / "folder")
+    folder = convert(ModelSource(student), tmp_path / "folder")
     assert json.loads((folder / "model_index.json").read_text())["default_steps"] == 3
     assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "LCMScheduler"
     from_folder = FashionFlowPipeline.from_pretrained(folder)
@@ -167,7 +168,7 @@ def test_a_students_checkpoint_and_folder_sample_with_its_sampler(student, tmp_p
 
 
 def test_a_teacher_can_be_a_pipeline_folder_in_half_precision(tmp_path, encoder_dirs, teacher):  # noqa: F811
-    folder = convert(teacher, tmp_path / "teacher_folder")
+    folder = convert(ModelSource(teacher), tmp_path / "teacher_folder")
     unet, adapter, config = distill.load_teacher(str(folder), dtype=torch.bfloat16)
     assert next(unet.parameters()).dtype == torch.bfloat16 and not any(p.requires_grad for p in unet.parameters())
     data = write_projected_dataset(tmp_path / "data", videos=2)

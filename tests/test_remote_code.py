@@ -14,6 +14,7 @@ import torch
 from models.pipeline import remote_code
 from models.pipeline.convert import convert
 from models.pipeline.hub import REMOTE_CODE_PACKAGES
+from models.pipeline.model_source import ModelSource
 from models.pipeline.pipeline import FashionFlowPipeline, sample_generator
 
 # import name -> the package (as the model card names it) that provides it
@@ -55,7 +56,7 @@ LOAD_WITHOUT_REPOSITORY = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def folder(parts, tmp_path_factory):
-    return convert(parts["ours"], tmp_path_factory.mktemp("remote") / "folder")
+    return convert(ModelSource(parts["ours"]), tmp_path_factory.mktemp("remote") / "folder")
 
 
 def photo():
