@@ -24,6 +24,7 @@ _LAZY = {
     "FashionFlowPipeline": "pipeline.pipeline",
 }
 
+
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
