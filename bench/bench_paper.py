@@ -864,7 +864,9 @@ def mp4_lines(e2e: dict) -> list[str]:
     """When the frames reach the encoder and the mp4 its last byte, streamed while decoding (and written after)."""
     if "first_frame" not in e2e:
         return []
-    rows = [("streamed while decoding (inference.py)", e2e)] + [("written after decoding", e2e["before"])] * ("before" in e2e)
+    rows = [("streamed while decoding (inference.py)", e2e)]
+    if "before" in e2e:
+        rows.append(("written after decoding", e2e["before"]))
     lines = ["", "| mp4 | first frame at the encoder | decoding done | last byte | last byte after decoding |",
              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for name, r in rows:

@@ -2,6 +2,7 @@
 
 import gc
 import math
+import warnings
 
 import pytest
 import torch
@@ -261,3 +262,20 @@ def test_a_streamed_long_video_holds_the_same_memory_whatever_its_length(pipe, l
     short, long = peak(12), peak(60)
     assert long <= short + 2 * frame  # 5x the frames: at most the chunk sizes differ
     assert peak(60, "pt") > short + 40 * frame  # the measure sees frames that are kept
+
+
+def test_keeping_a_large_video_in_memory_is_announced_before_sampling_starts(pipe, monkeypatch):
+    from models.pipeline import pipeline as pipeline_module
+
+    assert pipeline_module.output_bytes(2, 70, (640, 512), "pt") == 2 * 70 * 3 * 640 * 512 * 4
+    assert pipeline_module.output_bytes(2, 70, (640, 512), None) == 0
+    monkeypatch.setattr(pipeline_module, "LARGE_OUTPUT_BYTES", 1000)
+    seen = []
+    with pytest.warns(
+        UserWarning, match=r"keeping 1 video\(s\) of 18 frames .* will take [\d.]+ GiB; pass output_type=None"
+    ) as caught:
+        pipe(photo(pipe), num_frames=18, steps=1, progress=False, output_type="pt", callback=lambda *a: seen.append(len(caught)))
+    assert seen[0] == 1  # warned before the first step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(photo(pipe), num_frames=18, steps=1, progress=False, output_type=None, on_frames=lambda v, f: None)
