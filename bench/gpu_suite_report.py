@@ -23,6 +23,7 @@ PAPER_PARTS = ("inference", "compiled", "offload_sync", "paper")  # the parts th
 # (key, what it is, the part that measures it)
 WAITING = (
     ("eager", "eager end to end, photo -> mp4 (the decoder without channels_last)", "inference"),
+    ("mp4", "mp4 streamed while decoding: time to the first frame at the encoder and to the last byte", "inference"),
     ("compiled", "end to end with `--compile` (UNet and decoder): the 1.5 s goal on an H100", "compiled"),
     ("torchrun", "1-GPU NCCL `torchrun` training, checkpoint and resume", "torchrun"),
     ("offload", "`enable_model_cpu_offload()` on CUDA: peak memory and time of one video", "offload_sync"),
@@ -64,6 +65,8 @@ def produced(key: str, results: dict, status: dict) -> bool:
 
     if key == "eager":
         return "end_to_end" in section("inference").get("ours", {})
+    if key == "mp4":
+        return "first_frame" in section("inference").get("ours", {}).get("end_to_end", {})
     if key == "compiled":
         return bool(section("compiled"))
     if key == "offload":

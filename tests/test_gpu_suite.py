@@ -53,6 +53,9 @@ def test_dry_run_runs_every_part_of_the_gpu_suite_on_the_cpu(tmp_path):
     assert all(ours[k] > 0 for k in ("clip", "vae_encode", "unet_call", "vae_decode", "mp4"))
     assert ours["end_to_end"]["latency"] > 0 and figures["inference"]["inference"]["speedup"] > 0
     assert ours["student_end_to_end"]["latency"] > 0  # the 4-step (LCM) video a distilled student makes
+    streamed, before = ours["end_to_end"], ours["end_to_end"]["before"]  # the mp4 while decoding, and after
+    assert 0 < streamed["first_frame"] < streamed["decode_end"] <= streamed["last_byte"] == streamed["latency"]
+    assert 0 < before["first_frame"] == before["decode_end"] < before["last_byte"]
     assert all(figures["compiled"]["compiled"][mode]["latency"] > 0 for mode in ("full", "regional"))
     rest = figures["paper"]
     eager = [r for r in rest["decoder"].values() if "compile_seconds" not in r]

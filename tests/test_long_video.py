@@ -1,6 +1,8 @@
 """Videos longer than the trained length and looping videos (models/pipeline/long_video.py), with tiny real components."""
 
+import gc
 import math
+import warnings
 
 import pytest
 import torch
@@ -186,3 +188,94 @@ def test_inference_loop_and_overlap_flags(parts, tmp_path, samples_dir):
     assert (sidecar["frames"], sidecar["loop"], sidecar["overlap"]) == (11, True, 2)  # windowed: any length
     bad = [str(a) for a in args[:-3]] + ["--overlap", "8"]
     assert inference.main(bad) == 2
+
+
+def test_inference_streams_a_looping_video_to_the_files_of_the_one_in_memory(parts, tmp_path, samples_dir):
+    """inference.py writes each window's frames to the mp4 and png frames as they are decoded; the files are byte for
+    byte those of the same video made in memory and written in one go."""
+    import inference
+    from models.data.video_io import load_image, write_mp4, write_png_frames
+    from models.diffusion.samplers import DEFAULT_SAMPLER
+
+    out, photo_path = tmp_path / "o", samples_dir / "images" / "blue.jpg"
+    args = [
+        "--pretrained_model", parts["ours"], "--vae", parts["vae"], "--clip", parts["clip"], "--image", photo_path,
+        "--output_dir", out, "--steps", 1, "--frames", 13, "--loop", "--overlap", 2, "--png_frames", "--no_progress",
+    ]  # fmt: skip
+    assert inference.main([str(a) for a in args]) == 0
+    pipe = FashionFlowPipeline.from_checkpoint(parts["ours"], vae=parts["vae"], clip=parts["clip"], device="cpu")
+    video = pipe(
+        load_image(photo_path, size=pipe.image_size), num_frames=13, loop=True, overlap=2, sampler=DEFAULT_SAMPLER,
+        steps=1, generator=sample_generator(0, 0, 0), progress=False, output_type="pt",
+    ).frames[0]  # fmt: skip
+    assert (out / "blue_sample0.mp4").read_bytes() == write_mp4(video, tmp_path / "memory.mp4").read_bytes()
+    streamed, in_memory = sorted((out / "blue_sample0_frames").iterdir()), write_png_frames(video, tmp_path / "memory")
+    assert [p.name for p in streamed] == [p.name for p in in_memory] and len(streamed) == 13
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(streamed, in_memory))
+
+
+def streamed(pipe, num_frames, **kw):
+    """A video made with `output_type=None`, its chunks gathered: (frames [F, 3, H, W], chunk lengths)."""
+    chunks = []
+    kw = dict(overlap=2, steps=1, generator=sample_generator(1, 0, 0), progress=False) | kw
+    result = pipe(photo(pipe), num_frames=num_frames, output_type=None, on_frames=lambda v, f: chunks.append(f), **kw)
+    assert result.frames is None
+    return torch.cat(chunks), [len(c) for c in chunks]
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_streamed_video_has_the_frames_of_the_one_in_memory_and_the_same_mp4(pipe, tmp_path, loop):
+    from models.data.video_io import Mp4Writer, write_mp4
+
+    frames, lengths = streamed(pipe, 20, loop=loop)
+    kept = pipe(photo(pipe), num_frames=20, loop=loop, overlap=2, steps=1, generator=sample_generator(1, 0, 0),
+                progress=False, output_type="pt").frames[0]  # fmt: skip
+    assert torch.equal(frames, kept) and len(lengths) > 2  # window by window, not all at the end
+    with Mp4Writer(tmp_path / "streamed.mp4") as mp4:
+        for chunk in frames.split(lengths):
+            mp4.write(chunk)
+    assert mp4.path.read_bytes() == write_mp4(kept, tmp_path / "memory.mp4").read_bytes()
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor storage Python objects hold now (the networks' weights included)."""
+    storages = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.is_meta:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_streamed_long_video_holds_the_same_memory_whatever_its_length(pipe, loop):
+    """The tensors alive as each chunk comes out (measured at every chunk) do not grow with the video's length; kept
+    in memory (`output_type='pt'`) they do, by the frames."""
+
+    def peak(num_frames, output_type=None):
+        peaks = []
+        pipe(photo(pipe), num_frames=num_frames, loop=loop, overlap=2, steps=1, progress=False, output_type=output_type,
+             on_frames=lambda v, f: peaks.append(live_tensor_bytes()))  # fmt: skip
+        return max(peaks)
+
+    frame = 3 * pipe.image_size[0] * pipe.image_size[1] * 4
+    short, long = peak(12), peak(60)
+    assert long <= short + 2 * frame  # 5x the frames: at most the chunk sizes differ
+    assert peak(60, "pt") > short + 40 * frame  # the measure sees frames that are kept
+
+
+def test_keeping_a_large_video_in_memory_is_announced_before_sampling_starts(pipe, monkeypatch):
+    from models.pipeline import pipeline as pipeline_module
+
+    assert pipeline_module.output_bytes(2, 70, (640, 512), "pt") == 2 * 70 * 3 * 640 * 512 * 4
+    assert pipeline_module.output_bytes(2, 70, (640, 512), None) == 0
+    monkeypatch.setattr(pipeline_module, "LARGE_OUTPUT_BYTES", 1000)
+    seen = []
+    with pytest.warns(
+        UserWarning, match=r"keeping 1 video\(s\) of 18 frames .* will take [\d.]+ GiB; pass output_type=None"
+    ) as caught:
+        pipe(photo(pipe), num_frames=18, steps=1, progress=False, output_type="pt", callback=lambda *a: seen.append(len(caught)))
+    assert seen[0] == 1  # warned before the first step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(photo(pipe), num_frames=18, steps=1, progress=False, output_type=None, on_frames=lambda v, f: None)

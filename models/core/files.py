@@ -8,6 +8,7 @@ we say why rather than pass on torch's advice to switch that protection off.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -15,7 +16,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -83,14 +84,16 @@ def leftover_temp_files_in(directory) -> list[Path]:
     return sorted(directory / name for name in os.listdir(directory) if pattern.fullmatch(name))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[str]:
+    """The temporary file beside `path` to write it through (yielded as a path), fsynced and renamed onto `path` when
+    the block ends, removed if it raises: `atomic_write` for writers that span several calls (a streamed video)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
@@ -106,7 +109,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.close(dir_fd)
     except OSError:
         pass
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`; the temporary file never survives a failure."""
+    with atomic_target(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

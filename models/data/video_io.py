@@ -6,6 +6,7 @@ are uint8 numpy arrays `[H, W, 3]` RGB. Sizes are always `(height, width)`.
 
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ from einops import rearrange
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.config import DEFAULT_FPS
-from ..core.files import atomic_write
+from ..core.files import atomic_target, atomic_write
 
 RESIZE_MODES = ("resize", "crop")
 
@@ -419,40 +420,134 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _encode_h264(frames: np.ndarray, target: str, *, fps: float, crf: int) -> None:
-    _, height, width, _ = frames.shape
+# libx264's preset when no GPU encoder is there: chosen by measurement on the CPU (bench/bench_mp4.py,
+# bench/results/mp4_cpu.md), a 70-frame 640x512 clip at CRF 18
+X264_PRESET = "veryfast"
+NVENC_MIN_SIDE = 256  # smaller frames (the tiny preset's) go to libx264: NVENC refuses some small sizes
+
+
+@functools.cache
+def has_nvenc() -> bool:
+    """Whether frames can go to the GPU's H.264 encoder (h264_nvenc): this ffmpeg has it and a one-frame trial encode
+    works (the encoder listed is not enough: it needs an NVIDIA driver). Probed once per process."""
+    if not torch.cuda.is_available():
+        return False
     command = [
-        ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-",
-        "-an", "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", "-f", "mp4", target,
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+        "-i", f"color=size={NVENC_MIN_SIDE}x{NVENC_MIN_SIDE}", "-frames:v", "1", "-c:v", "h264_nvenc", "-f", "null", "-",
     ]  # fmt: skip
-    # stderr goes to a file: a pipe nobody reads while we write stdin could fill up and deadlock
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def h264_encoder(height: int, width: int) -> str:
+    """'h264_nvenc' where the GPU can take frames of this size, else 'libx264'."""
+    return "h264_nvenc" if min(height, width) >= NVENC_MIN_SIDE and has_nvenc() else "libx264"
+
+
+def _encoder_options(encoder: str, crf: int) -> list[str]:
+    if encoder == "h264_nvenc":  # constant quality, as CRF: -cq with no bitrate cap
+        return ["-c:v", "h264_nvenc", "-preset", "p4", "-rc", "vbr", "-cq", str(crf), "-b:v", "0"]
+    if encoder == "libx264":
+        return ["-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(crf)]
+    raise ValueError(f"encoder must be 'h264_nvenc' or 'libx264', got {encoder!r}")
+
+
+class Mp4Writer:
+    """An H.264 mp4 (yuv420p, faststart: browsers and phones play it) written as its frames come: ffmpeg encodes
+    each `write(frames)` while the caller makes the next ones, and `close()` finishes the file and renames it into
+    place, atomically. As a context manager it closes on success and removes the partial file on an exception.
+
+    Frames: float `[F, 3, H, W]` in [0, 1] or uint8 `[F, H, W, 3]`, all of one size; odd sizes are edge-padded to
+    even. `encoder`: 'h264_nvenc' or 'libx264' (default `h264_encoder`). Encoded by the ffmpeg binary of
+    imageio-ffmpeg (OpenCV's wheels cannot write H.264).
+    """
+
+    def __init__(self, path, *, fps: float = DEFAULT_FPS, crf: int = 18, encoder: str | None = None):
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps} for {path}")
+        self.path, self.fps, self.crf, self.encoder = Path(path), fps, crf, encoder
+        self.frames = 0
+        self._process = None  # started by the first frames, whose size it takes
+
+    def _start(self, height: int, width: int) -> None:
+        self.size, self.encoder = (height, width), self.encoder or h264_encoder(height, width)
+        self._target = atomic_target(self.path)
+        tmp = self._target.__enter__()
+        command = [
+            ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps}", "-i", "-",
+            "-an", *_encoder_options(self.encoder, self.crf), "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart", "-f", "mp4", tmp,
+        ]  # fmt: skip
+        # stderr goes to a file: a pipe nobody reads while we write stdin could fill up and deadlock
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def write(self, frames) -> None:
+        pixels = _pad_to_even(_video_frames_uint8(frames, self.path))
+        if self._process is None:
+            self._start(*pixels.shape[1:3])
+        elif pixels.shape[1:3] != self.size:
+            raise ValueError(f"cannot write {self.path}: frames of {pixels.shape[1:3]} after frames of {self.size}")
         try:
-            for frame in frames:
-                process.stdin.write(frame.tobytes())
-            process.stdin.close()
+            self._process.stdin.write(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+        except BrokenPipeError:
+            self._finish()  # ffmpeg exited early: raises with its message
+        self.frames += len(pixels)
+
+    def _finish(self) -> None:
+        try:
+            self._process.stdin.close()
         except BrokenPipeError:
             pass  # ffmpeg exited early; its return code and log say why
-        code = process.wait()
+        code = self._process.wait()
+        self._log.seek(0)
+        tail = self._log.read().decode(errors="replace")[-2000:].strip()
+        self._log.close()
+        target, self._target = self._target, None
         if code != 0:
-            log.seek(0)
-            tail = log.read().decode(errors="replace")[-2000:].strip()
-            raise RuntimeError(f"ffmpeg failed (exit {code}) writing {target}: {tail or 'no message'}")
+            error = RuntimeError(f"ffmpeg failed (exit {code}) writing {self.path}: {tail or 'no message'}")
+            target.__exit__(RuntimeError, error, None)  # removes the partial file
+            raise error
+        target.__exit__(None, None, None)
+
+    def close(self) -> Path:
+        """Finish the file (ffmpeg flushes, then moves the index to the front) and put it in place."""
+        if self._process is None:
+            raise ValueError(
+                f"cannot write {self.path}: need at least one frame, as float [F, 3, H, W] in [0, 1] or uint8 [F, H, W, 3]"
+            )
+        self._finish()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file; the target is left as it was."""
+        if self._process is None or self._target is None:
+            return  # not started, or finished
+        self._process.kill()
+        self._process.wait()
+        self._log.close()
+        target, self._target = self._target, None
+        target.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
-def write_mp4(frames, path, *, fps: float = DEFAULT_FPS, crf: int = 18) -> Path:
-    """Write an H.264 (yuv420p, faststart) mp4 that browsers and phones play, atomically.
-
-    `frames`: float `[F, 3, H, W]` in [0, 1] or uint8 `[F, H, W, 3]`. Odd sizes are edge-padded to even.
-    Encoded by the ffmpeg binary of imageio-ffmpeg (OpenCV's wheels cannot write H.264).
-    """
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps} for {path}")
-    pixels = _pad_to_even(_video_frames_uint8(frames, path))
-    return atomic_write(path, lambda tmp: _encode_h264(pixels, tmp, fps=fps, crf=crf))
+def write_mp4(frames, path, *, fps: float = DEFAULT_FPS, crf: int = 18, encoder: str | None = None) -> Path:
+    """Write frames (as `Mp4Writer` takes them) as an H.264 mp4 in one go, atomically."""
+    with Mp4Writer(path, fps=fps, crf=crf, encoder=encoder) as writer:
+        writer.write(frames)
+    return writer.path
 
 
 def encode_gif(frames, *, fps: float = DEFAULT_FPS, name="gif") -> bytes:
@@ -471,14 +566,26 @@ def write_gif(frames, path, *, fps: float = DEFAULT_FPS) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+class PngFrames:
+    """Frames written as `directory/<prefix>_<index:04d>.png` as they come, numbered on from chunk to chunk."""
+
+    def __init__(self, directory, prefix: str = "frame"):
+        self.directory, self.prefix = Path(directory), prefix
+        self.paths: list[Path] = []
+
+    def write(self, frames) -> list[Path]:
+        """Write a chunk of frames (as `write_mp4` takes them); returns their paths."""
+        pixels = _video_frames_uint8(frames, self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for frame in pixels:
+            target = self.directory / f"{self.prefix}_{len(self.paths) + len(written):04d}.png"
+            atomic_write(target, lambda tmp, frame=frame: Image.fromarray(frame).save(tmp, format="PNG"))
+            written.append(target)
+        self.paths += written
+        return written
+
+
 def write_png_frames(frames, directory, prefix: str = "frame") -> list[Path]:
     """Write each frame as `directory/<prefix>_<index:04d>.png`; returns the paths in order."""
-    directory = Path(directory)
-    pixels = _video_frames_uint8(frames, directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, frame in enumerate(pixels):
-        target = directory / f"{prefix}_{i:04d}.png"
-        atomic_write(target, lambda tmp, frame=frame: Image.fromarray(frame).save(tmp, format="PNG"))
-        paths.append(target)
-    return paths
+    return PngFrames(directory, prefix).write(frames)

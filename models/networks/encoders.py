@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -384,7 +385,6 @@ class FrozenEncoders(nn.Module):
         """
         return self.sample_latents(self.encode_posterior(frames, chunk_size=chunk_size), generator)
 
-    @torch.no_grad()
     def decode_latents(
         self, latents: torch.Tensor, *, chunk_size: int = 8, pad_last_chunk: bool = False, to_cpu: bool = False
     ) -> torch.Tensor:
@@ -394,20 +394,28 @@ class FrozenEncoders(nn.Module):
         and compiles once); `to_cpu` moves each chunk's frames to the CPU as float32, so the accelerator holds
         one chunk of pixels at a time.
         """
+        return torch.cat(list(self.decode_chunks(latents, chunk_size=chunk_size, pad_last_chunk=pad_last_chunk, to_cpu=to_cpu)))
+
+    def decode_chunks(
+        self, latents: torch.Tensor, *, chunk_size: int = 8, pad_last_chunk: bool = False, to_cpu: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """`decode_latents`, chunk by chunk: the frames of each VAE call as it finishes."""
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"decode_latents expects latents [N, {self.latent_channels}, h, w], got shape {tuple(latents.shape)}"
             )
         if chunk_size < 1:
             raise ValueError(f"decode chunk size must be >= 1, got {chunk_size}")
-        frames = []
+        return self._decoded(latents, chunk_size, pad_last_chunk, to_cpu)
+
+    @torch.no_grad()
+    def _decoded(self, latents: torch.Tensor, chunk_size: int, pad_last_chunk: bool, to_cpu: bool) -> Iterator[torch.Tensor]:
         for chunk in (self._network_input(latents) / self.latent_scale).split(chunk_size):
             count = len(chunk)
             if pad_last_chunk and count < chunk_size:
                 chunk = torch.cat([chunk, chunk[-1:].expand(chunk_size - count, -1, -1, -1)])
             pixels = self._from_vae_range(self.vae.decode(chunk).sample[:count])
-            frames.append(pixels.float().cpu() if to_cpu else pixels)
-        return torch.cat(frames)
+            yield pixels.float().cpu() if to_cpu else pixels
 
     @torch.no_grad()
     def encode_clip(self, images: torch.Tensor) -> torch.Tensor:

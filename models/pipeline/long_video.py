@@ -23,9 +23,11 @@ chosen by measurement (bench/bench_long_video.py, bench/results/long_video_cpu.m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 OVERLAP_MODES = ("hold", "crossfade")
@@ -101,8 +103,35 @@ def held_frames(window: Window, video: torch.Tensor, first: torch.Tensor, *, mod
     return held
 
 
+class _Spool:
+    """Latents [B, c, n, h, w] put aside in a temporary file, in order, and read back one piece at a time (a looping
+    video's frames after its head, which can go to the mp4 only after the head, which is done last)."""
+
+    def __init__(self):
+        self.file, self.shapes = tempfile.TemporaryFile(), []
+
+    def put(self, latents: torch.Tensor) -> None:
+        self.file.write(latents.float().cpu().numpy().tobytes())
+        self.shapes.append(tuple(latents.shape))
+
+    def pieces(self) -> Iterator[torch.Tensor]:
+        self.file.seek(0)
+        with self.file:
+            for shape in self.shapes:
+                data = self.file.read(math.prod(shape) * 4)
+                yield torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy()).view(shape)
+
+
+def sample_long_video(pipeline, images: torch.Tensor, generators: list, **options) -> torch.Tensor:
+    """Videos of `num_frames` frames for `images [B, 3, H, W]` in [0, 1]: [B, F, 3, H, W] on the CPU; the frames of
+    `long_video_chunks` (options as there) gathered."""
+    from .pipeline import collect_frames
+
+    return collect_frames(long_video_chunks(pipeline, images, generators, **options), len(images))
+
+
 @torch.inference_mode()
-def sample_long_video(
+def long_video_chunks(
     pipeline,
     images: torch.Tensor,
     generators: list,
@@ -118,8 +147,11 @@ def sample_long_video(
     decode_chunk_size: int = 8,
     progress: bool | None = True,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Videos of `num_frames` frames for `images [B, 3, H, W]` in [0, 1]: [B, F, 3, H, W] on the CPU.
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The videos of `num_frames` frames for `images [B, 3, H, W]` in [0, 1], as (video index, frames [n, 3, H, W] on
+    the CPU) chunks in order (`pipeline.decode_chunks`), each window's frames decoded as soon as no later window
+    changes them. Only the latents a later window may still change are kept (one window's), so memory does not
+    grow with `num_frames`; a looping video's head changes last, and the frames after it wait in a temporary file.
 
     `window`: the model's trained clip length (`config.frames`). `generators`: one per image (or None).
     `callback(step, total, window latents)` runs after every denoising step of every window, `step` counting over
@@ -134,23 +166,29 @@ def sample_long_video(
     total = num_frames + overlap * int(loop)  # looping: frames past the end, to cross-fade into the head
     windows = plan_windows(total, length, overlap)
     bar = pipeline._progress_bar(len(windows) * steps, progress)
+    head_end = overlap if loop else 0  # frames [0, head_end) are done only at the end
+    spool = _Spool() if loop else None
+    head = past_end = None  # looping: the latents of the head and of the frames past the end
 
     def encode(frames):  # [B, 3, H, W] -> (context, latent [B, c, h, w]), as the pipeline encodes a photo
         with autocast(pipeline._execution_device, precision, pipeline.dtype):
             return pipeline.encode_image(frames, generators)
 
+    def decode(latents):
+        return pipeline.decode_chunks(latents, decode_chunk_size, precision=precision)
+
     context, photo_latent = encode(images)
-    video = None  # [B, c, T, h, w], filled window by window
+    video, origin = None, 0  # latents of frames [origin, origin + length): those a later window may still change
     for k, window in enumerate(windows):
+        here = Window(window.start - origin, window.length, window.overlap)  # `window` within `video`
         if k > 0:
-            frame = pipeline.decode_latents(video[:, :, window.start : window.start + 1], precision=precision)
+            frame = pipeline.decode_latents(video[:, :, here.start : here.start + 1], precision=precision)
             context, first = encode(frame[:, 0])
         else:
             first = photo_latent
-        if video is None:
             b, c, h, w = first.shape
-            video = torch.zeros(b, c, max(total, length), h, w, device=first.device)
-        held = held_frames(window, video, first, mode=overlap_mode)
+            video = torch.zeros(b, c, length, h, w, device=first.device)
+        held = held_frames(here, video, first, mode=overlap_mode)
 
         def on_step(i, n, x, k=k):
             bar.update()
@@ -167,13 +205,32 @@ def sample_long_video(
             precision=precision,
             callback=on_step,
         )
-        shared = slice(window.start, window.start + window.overlap)
-        weight = crossfade_weights(window.overlap, overlap_mode).to(video.device)[:, None, None]  # [overlap, 1, 1]
-        video[:, :, shared] = torch.lerp(video[:, :, shared], latents[:, :, : window.overlap].to(video.dtype), weight)
-        video[:, :, window.start + window.overlap : window.start + length] = latents[:, :, window.overlap :]
+        shared = slice(here.start, here.start + here.overlap)
+        weight = crossfade_weights(here.overlap, overlap_mode).to(video.device)[:, None, None]  # [overlap, 1, 1]
+        video[:, :, shared] = torch.lerp(video[:, :, shared], latents[:, :, : here.overlap].to(video.dtype), weight)
+        video[:, :, here.start + here.overlap : here.start + length] = latents[:, :, here.overlap :]
+        # frames before the next window's start are done: out they go, and the next window's are moved to the front
+        done = windows[k + 1].start if k + 1 < len(windows) else origin + length
+        for start, end in ((origin, min(done, head_end)), (max(origin, head_end), min(done, num_frames))):
+            if start < end:
+                piece = video[:, :, start - origin : end - origin]
+                if start < head_end:
+                    head = piece.clone() if head is None else torch.cat([head, piece], dim=2)
+                elif loop:
+                    spool.put(piece)
+                else:
+                    yield from decode(piece)
+        if loop and done > num_frames:
+            past_end = video[:, :, num_frames - origin : num_frames - origin + overlap].clone()
+        if k + 1 < len(windows):
+            kept = video[:, :, done - origin :].clone()
+            video = torch.zeros_like(video)
+            video[:, :, : kept.shape[2]] = kept
+            origin = done
     bar.close()
     if loop:  # frame j of the head becomes (j + 1) / (overlap + 1) itself, the rest the frame j after the end
-        head, past_end = slice(0, overlap), slice(num_frames, num_frames + overlap)
-        weight = (torch.arange(overlap, device=video.device) + 1.0)[:, None, None] / (overlap + 1)  # [overlap, 1, 1]
-        video[:, :, head] = torch.lerp(video[:, :, past_end], video[:, :, head], weight)
-    return pipeline.decode_latents(video[:, :, :num_frames], decode_chunk_size, precision=precision)
+        head = head[:, :, :num_frames]
+        weight = (torch.arange(head.shape[2], device=head.device) + 1.0)[:, None, None] / (overlap + 1)  # [overlap, 1, 1]
+        yield from decode(torch.lerp(past_end[:, :, : head.shape[2]], head, weight))
+        for piece in spool.pieces():
+            yield from decode(piece.to(video.device))

@@ -21,7 +21,7 @@ import contextlib
 import json
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +49,13 @@ from ..networks.compiling import compile_decoder, compile_unet
 from ..networks.encoders import FrozenEncoders, clip_image_processor
 from ..networks.unet import SpaceTimeUnet
 from .hub import model_card, push_folder
-from .long_video import sample_long_video
+from .long_video import long_video_chunks
 from .remote_code import package_module, write_remote_code
 
 # --low_memory's decode chunk: measured in bench/bench_paper.py to keep a 70-frame 640x512 video under 12 GB
 LOW_MEMORY_DECODE_CHUNK = 2
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent", None)  # None: frames only to `on_frames`
+LARGE_OUTPUT_BYTES = 4 * 2**30  # videos kept in memory past this are announced before sampling starts
 ENCODERS = ("vae", "image_encoder")
 HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
 
@@ -85,12 +86,33 @@ def _loaded_from(model, default: str) -> str:
 
 def postprocess_video(frames: torch.Tensor, output_type: str):
     """Frames [B, F, 3, H, W] in [0, 1] as diffusers returns videos: 'pt' as they are, 'np' [B, F, H, W, 3] floats,
-    'pil' one list of PIL images per video (rounded to uint8)."""
-    if output_type == "pt":
+    'pil' one list of PIL images per video (rounded to uint8); None stays None."""
+    if output_type in ("pt", None):
         return frames
     if output_type == "np":
         return rearrange(frames, "b f c h w -> b f h w c").numpy()
     return [[PIL.Image.fromarray(frame) for frame in frames_to_uint8(video)] for video in frames]
+
+
+def collect_frames(chunks: Iterable[tuple[int, torch.Tensor]], batch: int, on_frames=None, keep: bool = True):
+    """The videos [B, F, 3, H, W] of (video index, frames) chunks such as `decode_chunks` yields, each chunk handed to
+    `on_frames(video, frames)` as it comes; without `keep`, None (the frames are kept nowhere)."""
+    kept: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    for video, frames in chunks:
+        if on_frames is not None:
+            on_frames(video, frames)
+        if keep:
+            kept[video].append(frames)
+    return torch.stack([torch.cat(frames) for frames in kept]) if keep else None
+
+
+def output_bytes(batch: int, frames: int, size, output_type: str | None) -> int:
+    """What keeping the videos in memory as `output_type` takes at least: float32 frames ('pil': their uint8 images
+    too); 0 for None and 'latent'."""
+    if output_type in (None, "latent"):
+        return 0
+    pixels = batch * frames * 3 * size[0] * size[1]
+    return pixels * 4 + (pixels if output_type == "pil" else 0)
 
 
 @dataclass
@@ -483,17 +505,31 @@ class FashionFlowPipeline(DiffusionPipeline):
                 interrupt=lambda: self._interrupt,
             )
 
-    @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8, *, precision: str = "fp32") -> torch.Tensor:
         """[B, C, F, h, w] -> frames [B, F, 3, H, W] in [0, 1] on the CPU, `chunk_size` frames per VAE call."""
+        return collect_frames(self.decode_chunks(latents, chunk_size, precision=precision), len(latents))
+
+    @torch.inference_mode()
+    def decode_chunks(
+        self, latents: torch.Tensor, chunk_size: int = 8, *, precision: str = "fp32"
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """`decode_latents` as each VAE call finishes: (video index, its next frames [n, 3, H, W] on the CPU), each
+        video's frames in order (a call whose frames span two videos comes as two pieces)."""
+        frames = latents.shape[2]
         flat = rearrange(latents, "b c f h w -> (b f) c h w")
+        done = 0
         with self.components_on_device("vae"):
             encoders = self.encoders
             with autocast(self._execution_device, precision, encoders.dtype):
-                frames = encoders.decode_latents(
+                chunks = encoders.decode_chunks(
                     flat, chunk_size=chunk_size, pad_last_chunk=self.static_decode_shapes, to_cpu=True
                 )
-        return rearrange(frames, "(b f) c h w -> b f c h w", b=len(latents))
+                for pixels in chunks:
+                    while len(pixels):
+                        video, offset = divmod(done, frames)
+                        piece, pixels = pixels[: frames - offset], pixels[frames - offset :]
+                        done += len(piece)
+                        yield video, piece
 
     # ------------------------------------------------------------------------------------------------ the call
 
@@ -512,6 +548,16 @@ class FashionFlowPipeline(DiffusionPipeline):
                 f"got height={height}, width={width}: leave them out, photos of any size are resized"
             )
 
+    def _warn_if_large(self, batch: int, num_frames: int, output_type: str | None) -> None:
+        size = output_bytes(batch, num_frames, self.image_size, output_type)
+        if size > LARGE_OUTPUT_BYTES:
+            warnings.warn(
+                f"keeping {batch} video(s) of {num_frames} frames at {self.image_size[0]}x{self.image_size[1]} in memory "
+                f"as output_type={output_type!r} will take {size / 2**30:.1f} GiB; pass output_type=None and "
+                "on_frames=<a function of (video index, frames)> to stream the frames instead (inference.py does)",
+                stacklevel=3,
+            )
+
     def _progress_bar(self, total: int, progress: bool | None):
         """The denoising bar: `set_progress_bar_config`'s options (diffusers') on models/core/progress.py's bar, which in a
         log refreshes every few seconds instead of every step."""
@@ -520,8 +566,8 @@ class FashionFlowPipeline(DiffusionPipeline):
             options["disable"] = not progress
         return progress_bar(total=total, **options)
 
-    def _long_video(self, images, generators, *, latents, output_type, callback_on_step_end, **options) -> torch.Tensor:
-        """Frames [B, F, 3, H, W] of a video longer than the trained length or looping, window by window."""
+    def _long_video(self, images, generators, *, latents, output_type, callback_on_step_end, **options):
+        """(video index, frames) chunks of videos longer than the trained length or looping, window by window."""
         unsupported = dict(latents=latents is not None, output_type=output_type == "latent")
         unsupported["callback_on_step_end"] = callback_on_step_end is not None
         if any(unsupported.values()):
@@ -530,7 +576,7 @@ class FashionFlowPipeline(DiffusionPipeline):
                 f"{names} cannot be used with a video longer than the model's {self.model_config.frames} frames or "
                 "a looping one (it is sampled in windows); leave them out, or ask for at most that many frames"
             )
-        return sample_long_video(self, images, generators, window=self.model_config.frames, **options)
+        return long_video_chunks(self, images, generators, window=self.model_config.frames, **options)
 
     @torch.inference_mode()
     def __call__(
@@ -543,7 +589,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         num_videos_per_image: int = 1,
         decode_chunk_size: int = 8,
-        output_type: str = "pil",
+        output_type: str | None = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -557,6 +603,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         loop: bool = False,
         overlap: int | None = None,
+        on_frames: Callable[[int, torch.Tensor], None] | None = None,
     ):
         """Videos of `image`: a PIL image, numpy array or float tensor in [0, 1] (`[3, H, W]` or `[B, 3, H, W]`), or a
         list of them, of any size (resized as `inference.py` resizes photos, `resize_mode` 'resize' or 'crop').
@@ -567,8 +614,14 @@ class FashionFlowPipeline(DiffusionPipeline):
         `latents` (the initial noise [B * num_videos_per_image, C, F, h, w]), `precision` (autocast for fp32
         weights), `progress` (None: `set_progress_bar_config` decides), `callback(step, total, latents)` and
         `callback_on_step_end` (see `denoise`). More frames than the model's trained length, or `loop` (the last
-        frame leads into the first), sample windows sharing `overlap` frames (models/pipeline/long_video.py). Returns
-        `FashionFlowPipelineOutput(frames=...)` (see `postprocess_video`), or `(frames,)` without `return_dict`.
+        frame leads into the first), sample windows sharing `overlap` frames (models/pipeline/long_video.py), which
+        are decoded window by window as they are done.
+
+        `on_frames(video, frames)` gets each video's frames (float [n, 3, H, W] on the CPU, in order) as each VAE call
+        finishes, e.g. to encode them while the rest decode; with `output_type=None` they are kept nowhere else, so a
+        windowed video of any length takes the memory of a few windows (`inference.py` streams to its files so).
+        Returns `FashionFlowPipelineOutput(frames=...)` (see `postprocess_video`), or `(frames,)` without `return_dict`;
+        keeping more than `LARGE_OUTPUT_BYTES` of frames is announced (a warning) before sampling starts.
         """
         num_frames = self.model_config.resolve_frames(num_frames)
         if None not in (num_inference_steps, steps) and num_inference_steps != steps:
@@ -583,12 +636,14 @@ class FashionFlowPipeline(DiffusionPipeline):
         device = self._execution_device
         precision = resolve_precision(precision, device)
         generators = _as_generators(generator, len(images))
+        self._warn_if_large(len(images), num_frames, output_type)
         if self.is_windowed(num_frames, loop):
-            frames = self._long_video(
+            chunks = self._long_video(
                 images, generators, num_frames=num_frames, loop=loop, overlap=overlap, sampler=sampler, steps=steps,
                 precision=precision, decode_chunk_size=decode_chunk_size, progress=progress, callback=callback,
                 latents=latents, output_type=output_type, callback_on_step_end=callback_on_step_end,
             )  # fmt: skip
+            frames = collect_frames(chunks, len(images), on_frames, keep=output_type is not None)
             frames = postprocess_video(frames, output_type)
             return FashionFlowPipelineOutput(frames=frames) if return_dict else (frames,)
         with autocast(device, precision, self.dtype):
@@ -625,5 +680,6 @@ class FashionFlowPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = latents
         else:
-            frames = postprocess_video(self.decode_latents(latents, decode_chunk_size, precision=precision), output_type)
+            chunks = self.decode_chunks(latents, decode_chunk_size, precision=precision)
+            frames = postprocess_video(collect_frames(chunks, len(images), on_frames, keep=output_type is not None), output_type)
         return FashionFlowPipelineOutput(frames=frames) if return_dict else (frames,)

@@ -33,16 +33,17 @@ from ..core.profiling import memory_kind, peak_memory_mb, reset_peak_memory
 from ..core.progress import progress_bar
 from ..data.video_io import (
     ImageReadError,
+    Mp4Writer,
+    PngFrames,
     VideoReadError,
     count_frames,
+    frames_to_uint8,
     load_image,
     not_a_file_reason,
     probe_video,
     read_video_frames,
     save_image,
     write_gif,
-    write_mp4,
-    write_png_frames,
 )
 from ..diffusion.samplers import sampler_name
 from ..networks.compiling import check_compile_mode
@@ -57,6 +58,8 @@ from .inference_io import (
     sample_outputs,
     write_sidecar,
 )
+
+WRITES_IN_FLIGHT = 4  # decode chunks waiting for the encoder at most: the decoder runs ahead of it by that much
 
 
 @dataclass
@@ -247,25 +250,68 @@ def _reuse_earlier(result: InputResult, sample: int, settings: AnimateSettings, 
     return True
 
 
+class VideoFiles:
+    """The files of one video, written on the writer thread as its frames come: the mp4 and png frames chunk by
+    chunk, then at `finish` the gif (it needs every frame: they are kept, as uint8) and the sidecar, which marks the
+    video complete. The first error stops its writing (the partial mp4 is removed) and is kept in `error`."""
+
+    def __init__(self, result: InputResult, sample: int, settings: AnimateSettings):
+        self.result, self.sample, self.settings = result, sample, settings
+        self.files = outputs_of(result, sample, settings)
+        self.mp4 = Mp4Writer(self.files["mp4"], fps=settings.fps)
+        self.pngs = PngFrames(self.files["frames"], prefix="frame") if settings.png_frames else None
+        self.gif: list[np.ndarray] | None = [] if settings.gif else None
+        self.error: str | None = None
+
+    def write(self, frames) -> None:
+        if self.error is not None:
+            return
+        try:
+            pixels = frames_to_uint8(frames)
+            self.mp4.write(pixels)
+            if self.pngs is not None:
+                if not self.pngs.paths:
+                    for leftover in leftover_temp_files_in(self.files["frames"]):  # a killed run's, made again now
+                        leftover.unlink(missing_ok=True)
+                self.pngs.write(pixels)
+            if self.gif is not None:
+                self.gif.append(pixels)
+        except (OSError, RuntimeError) as error:  # RuntimeError: ffmpeg failed; the message says why
+            self.fail(error)
+
+    def fail(self, error) -> None:
+        self.error = self.error or f"cannot write its video: {error}"
+        self.mp4.abort()
+
+    def finish(self, record: dict, seconds: float) -> SampleResult:
+        """Close the mp4, write the gif and last the sidecar. `record` holds the run's settings and how the batch was
+        made (peak memory); `seconds` is the video's share of the batch's sampling and decoding (its frames were
+        encoded meanwhile), to which the time to finish its files is added."""
+        start = time.perf_counter()
+        try:
+            if self.error is None:
+                self.mp4.close()
+                if self.gif is not None:
+                    write_gif(np.concatenate(self.gif), self.files["gif"], fps=self.settings.fps)
+                seconds = round(seconds + time.perf_counter() - start, 3)
+                result = self.result
+                sidecar = dict(
+                    record, **result.identity, sample_index=self.sample, start_frame=result.start_frame, seconds=seconds
+                )
+                write_sidecar(self.files["sidecar"], sidecar)
+                return SampleResult(video=self.files["mp4"], sidecar=sidecar)
+        except (OSError, RuntimeError) as error:
+            self.fail(error)
+        return SampleResult(error=self.error)
+
+
 def write_sample(
     video: torch.Tensor, result: InputResult, sample: int, settings: AnimateSettings, record: dict, seconds: float
 ) -> SampleResult:
-    """`<stem>_sample<k>.mp4` (+ gif, png frames), then its sidecar, which marks it complete. `record` holds the
-    run's settings and how the batch was made (peak memory); `seconds` is the video's share of the batch's denoising,
-    to which the time spent writing it is added."""
-    start = time.perf_counter()
-    files = outputs_of(result, sample, settings)
-    write_mp4(video, files["mp4"], fps=settings.fps)
-    if settings.gif:
-        write_gif(video, files["gif"], fps=settings.fps)
-    if settings.png_frames:
-        for leftover in leftover_temp_files_in(files["frames"]):  # a killed run's, made again now
-            leftover.unlink(missing_ok=True)
-        write_png_frames(video, files["frames"], prefix="frame")
-    seconds = round(seconds + time.perf_counter() - start, 3)
-    sidecar = dict(record, **result.identity, sample_index=sample, start_frame=result.start_frame, seconds=seconds)
-    write_sidecar(files["sidecar"], sidecar)
-    return SampleResult(video=files["mp4"], sidecar=sidecar)
+    """`<stem>_sample<k>.mp4` (+ gif, png frames) of frames [F, 3, H, W] in memory, then its sidecar (`VideoFiles`)."""
+    files = VideoFiles(result, sample, settings)
+    files.write(video)
+    return files.finish(record, seconds)
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -321,13 +367,12 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
     pending: dict[int, InputResult] = {}  # inputs with videos not written yet
     bar = progress_bar(total=_share_size(inputs, settings), desc="videos", unit="video", disable=not settings.progress)
 
-    def write_batch(videos, batch, made, seconds):  # on the writer thread
-        for video, (result, sample, _) in zip(videos, batch):
-            try:
-                result.samples[sample] = write_sample(video, result, sample, settings, made, seconds / len(batch))
-            except (OSError, RuntimeError) as error:  # RuntimeError: ffmpeg failed; the message says why
-                result.samples[sample].error = f"cannot write its video: {error}"
-                result.error = result.error or result.samples[sample].error
+    def finish_batch(videos: list[VideoFiles], made, seconds):  # on the writer thread
+        for files in videos:
+            sample = files.finish(made, seconds / len(videos))
+            files.result.samples[files.sample] = sample
+            if sample.error is not None:
+                files.result.error = files.result.error or sample.error
             bar.update()
 
     def finished() -> Iterator[InputResult]:
@@ -343,29 +388,36 @@ def animate(pipeline: FashionFlowPipeline, inputs: Iterable[InputItem], settings
                 bar.update(result.skipped)
         reset_peak_memory(pipeline.device)
         start = time.perf_counter()
-        videos = pipeline(
-            torch.stack([image for _, _, image in batch]),
-            num_frames=frames,
-            sampler=None if settings.sampler == sampler_name(pipeline.scheduler) else settings.sampler,  # its own
-            steps=settings.steps,
-            generator=[
-                sample_generator(settings.seed, seed_key(result.item, result.index, settings), sample)
-                for result, sample, _ in batch
-            ],
-            precision=settings.precision,
-            decode_chunk_size=chunk,
-            progress=settings.progress,
-            output_type="pt",
-            loop=settings.loop,
-            overlap=settings.overlap,
-        ).frames
+        videos = [VideoFiles(result, sample, settings) for result, sample, _ in batch]
+        try:
+            pipeline(
+                torch.stack([image for _, _, image in batch]),
+                num_frames=frames,
+                sampler=None if settings.sampler == sampler_name(pipeline.scheduler) else settings.sampler,  # its own
+                steps=settings.steps,
+                generator=[
+                    sample_generator(settings.seed, seed_key(result.item, result.index, settings), sample)
+                    for result, sample, _ in batch
+                ],
+                precision=settings.precision,
+                decode_chunk_size=chunk,
+                progress=settings.progress,
+                output_type=None,  # the frames go to their files as they are decoded, kept nowhere
+                on_frames=lambda video, frames: writer.submit(videos[video].write, frames),
+                loop=settings.loop,
+                overlap=settings.overlap,
+            )
+        except BaseException:
+            for files in videos:  # no partial mp4 is left behind
+                writer.submit(files.fail, "stopped")
+            raise
         seconds = time.perf_counter() - start
         made = dict(record, low_memory=settings.low_memory)
         made[memory_kind(pipeline.device) + "_mb"] = round(peak_memory_mb(pipeline.device), 1)
-        writer.submit(write_batch, videos, batch, made, seconds)  # waits for the previous batch's files
+        writer.submit(finish_batch, videos, made, seconds)
         yield from finished()
 
-    with BackgroundWriter() as writer:
+    with BackgroundWriter(max_pending=WRITES_IN_FLIGHT) as writer:
         batch = []
         for result, sample, image in _samples(pipeline, inputs, settings, frames, record):
             if sample is None:

@@ -11,7 +11,7 @@ import glob
 import hashlib
 import json
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -211,22 +211,25 @@ def read_sidecar(path) -> dict | None:
 
 
 class BackgroundWriter:
-    """Runs output writing (mp4 encoding above all) on one worker thread, so it overlaps the next video's
-    denoising; at most one write is in flight, which bounds the videos held in memory."""
+    """Runs output writing (mp4 encoding above all) on one worker thread, in the order submitted, so it overlaps the
+    work that makes the frames: each decode chunk's frames as they come, a finished video's files while the next
+    is denoised. At most `max_pending` writes wait or run at once (`submit` first waits for the oldest), which bounds
+    the frames held in memory."""
 
-    def __init__(self):
+    def __init__(self, max_pending: int = 1):
+        self.max_pending = max_pending
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-writer")
-        self._pending: Future | None = None
+        self._pending: deque[Future] = deque()
 
     def submit(self, write, *args) -> None:
-        self.wait()
-        self._pending = self._pool.submit(write, *args)
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(write, *args))
 
     def wait(self) -> None:
-        """Block until the write in flight is done; re-raises its exception."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Block until every write submitted is done; re-raises the first exception."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def __enter__(self) -> BackgroundWriter:
         return self
