@@ -43,6 +43,10 @@ HELP = {
     "ema_decay": "decay of the EMA weights used for samples and exports (0 = no EMA)",
     "precision": "fp32, bf16 or fp16 autocast (fp16 needs a GPU and uses a GradScaler)",
     "grad_checkpointing": "recompute UNet activations in the backward pass to save memory",
+    "checkpoint_levels": "with --grad_checkpointing, the UNet levels recomputed: 'all', or a comma list of levels "
+    "counted from the top (highest resolution) and 'mid', e.g. '0' or '0,1' (the top levels hold most activations)",
+    "adamw": "AdamW implementation: 'fused' (one kernel per update), 'foreach', or 'auto' (fused on a GPU, else foreach)",
+    "compile": "torch.compile the training step's forward and backward (off until a GPU shows it pays)",
     "seed": "seed for the weights, the data order and every random draw",
     "resume": "'auto' (newest checkpoint in --output_dir, else a fresh run), 'none', or a checkpoint path",
     "checkpoint_every": "write a checkpoint every this many optimizer steps (and at the last step)",
@@ -60,7 +64,12 @@ HELP = {
     "progress": "show a progress bar on rank 0 (refreshed at most every few seconds when the output is not a terminal)",
     "export_safetensors": "also write <output_dir>/final.safetensors at the end",
 }
-CHOICES = {"preset": sorted(PRESETS), "preprocessing": PREPROCESSING_MODES, "precision": sorted(PRECISIONS)}
+CHOICES = {
+    "preset": sorted(PRESETS),
+    "preprocessing": PREPROCESSING_MODES,
+    "precision": sorted(PRECISIONS),
+    "adamw": ("auto", "fused", "foreach"),
+}
 TYPES = {"str": str, "int": int, "float": float}
 
 
