@@ -43,6 +43,10 @@ HELP = {
     "ema_decay": "decay of the EMA weights used for samples and exports (0 = no EMA)",
     "precision": "fp32, bf16 or fp16 autocast (fp16 needs a GPU and uses a GradScaler)",
     "grad_checkpointing": "recompute UNet activations in the backward pass to save memory",
+    "checkpoint_levels": "with --grad_checkpointing, the UNet levels recomputed: 'all', or a comma list of levels "
+    "counted from the top (highest resolution) and 'mid', e.g. '0' or '0,1' (the top levels hold most activations)",
+    "adamw": "AdamW implementation: 'fused' (one kernel per update), 'foreach', or 'auto' (fused on a GPU, else foreach)",
+    "compile": "torch.compile the training step's forward and backward (off until a GPU shows it pays)",
     "seed": "seed for the weights, the data order and every random draw",
     "resume": "'auto' (newest checkpoint in --output_dir, else a fresh run), 'none', or a checkpoint path",
     "checkpoint_every": "write a checkpoint every this many optimizer steps (and at the last step)",
@@ -64,7 +68,12 @@ HELP = {
     "distill_steps": "the student's default sampling steps (1 to 50), recorded in its checkpoint",
     "teacher_precision": "the frozen teacher's weights: fp32, bf16 or fp16 (half precision saves memory and time)",
 }
-CHOICES = {"preset": sorted(PRESETS), "preprocessing": PREPROCESSING_MODES, "precision": sorted(PRECISIONS)}
+CHOICES = {
+    "preset": sorted(PRESETS),
+    "preprocessing": PREPROCESSING_MODES,
+    "precision": sorted(PRECISIONS),
+    "adamw": ("auto", "fused", "foreach"),
+}
 CHOICES["teacher_precision"] = CHOICES["precision"]
 TYPES = {"str": str, "int": int, "float": float}
 

@@ -343,6 +343,7 @@ class SpaceTimeUnet(ModelMixin, ConfigMixin, ModelConfigFields):
         in_out = list(zip(dims[:-1], dims[1:]))
         attn_kwargs = dict(dim_head=config.attn_dim_head, heads=config.attn_heads)
         self.gradient_checkpointing = False
+        self.checkpoint_levels = None  # with checkpointing on: the levels recomputed (None: all of them)
 
         self.to_timestep_cond = None
         t_dim = None
@@ -397,17 +398,26 @@ class SpaceTimeUnet(ModelMixin, ConfigMixin, ModelConfigFields):
         shapes (diffusers' own would leave all but 8 of the 21 ResnetBlock shapes uncompiled): models/networks/compiling.py."""
         compile_regions(self, self._repeated_blocks, **options)
 
-    def enable_gradient_checkpointing(self, enabled: bool = True):
+    def enable_gradient_checkpointing(self, enabled: bool = True, *, levels=None):
         """diffusers' switch (its `disable_gradient_checkpointing` and `is_gradient_checkpointing` work too), taking a
-        bool so a flag turns it on or off in one call."""
+        bool so a flag turns it on or off in one call. `levels` recomputes only some levels' blocks: level i is the
+        i-th resolution from the top (`downs[i]` and `ups[i]`), 'mid' the middle blocks; None: every level. The top
+        levels hold most of the activations (channels double as the area quarters) for the same recompute."""
+        names = {str(i) for i in range(len(self.downs))} | {"mid"}
+        if levels is not None:
+            levels = {str(level) for level in levels}
+            if not levels <= names:
+                raise ValueError(f"unknown checkpointing levels {sorted(levels - names)}; the levels: {sorted(names)}")
         if enabled:
             super().enable_gradient_checkpointing()
         else:
             self.disable_gradient_checkpointing()
+        self.checkpoint_levels = levels
         return self
 
-    def _run(self, module, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+    def _run(self, level, module, *args):
+        recompute = self.checkpoint_levels is None or level in self.checkpoint_levels
+        if recompute and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(module, *args)  # non-reentrant torch checkpoint
         return module(*args)
 
@@ -437,28 +447,30 @@ class SpaceTimeUnet(ModelMixin, ConfigMixin, ModelConfigFields):
 
         x = self.conv_in(x)
         skips = []
-        for init_block, blocks, self_attn, downsample, cross_attn in self.downs:
-            x = self._run(init_block, x, t)
+        for level, (init_block, blocks, self_attn, downsample, cross_attn) in enumerate(self.downs):
+            level = str(level)
+            x = self._run(level, init_block, x, t)
             skips.append(x)
             for block in blocks:
-                x = self._run(block, x)
+                x = self._run(level, block, x)
             if exists(self_attn):
-                x = self._run(self_attn, x)
+                x = self._run(level, self_attn, x)
             skips.append(x)
-            x = self._run(cross_attn, downsample(x), context)
+            x = self._run(level, cross_attn, downsample(x), context)
 
-        x = self._run(self.mid_block1, x, t)
-        x = self._run(self.mid_attn, x)
-        x = self._run(self.mid_block2, x, t)
+        x = self._run("mid", self.mid_block1, x, t)
+        x = self._run("mid", self.mid_attn, x)
+        x = self._run("mid", self.mid_block2, x, t)
 
-        for init_block, blocks, self_attn, upsample, cross_attn in reversed(self.ups):
+        for level, (init_block, blocks, self_attn, upsample, cross_attn) in reversed(list(enumerate(self.ups))):
+            level = str(level)
             x = torch.cat((skips.pop() * self.skip_scale, upsample(x)), dim=1)
-            x = self._run(init_block, x, t)
+            x = self._run(level, init_block, x, t)
             x = torch.cat((skips.pop() * self.skip_scale, x), dim=1)
             for block in blocks:
-                x = self._run(block, x)
+                x = self._run(level, block, x)
             if exists(self_attn):
-                x = self._run(self_attn, x)
-            x = self._run(cross_attn, x, context)
+                x = self._run(level, self_attn, x)
+            x = self._run(level, cross_attn, x, context)
 
         return self.conv_out(x)

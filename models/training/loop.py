@@ -81,6 +81,9 @@ class TrainConfig:
     ema_decay: float = 0.9999  # 0 = no EMA; ramped up as min(decay, (1 + n) / (10 + n)) over the first updates
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     grad_checkpointing: bool = False
+    checkpoint_levels: str = "all"  # with grad_checkpointing: 'all' or the UNet levels recomputed, e.g. '0,1' or '0,mid'
+    adamw: str = "auto"  # auto (fused on CUDA, foreach elsewhere) | fused | foreach
+    compile: bool = False  # torch.compile the training objective (forward and backward)
     # bookkeeping
     seed: int = 0
     resume: str = "auto"  # 'auto' (newest checkpoint in output_dir, else fresh), 'none', or a checkpoint path
@@ -233,6 +236,8 @@ def claim_outputs(cfg: TrainConfig):
 
 def check_config(cfg: TrainConfig, env: DistEnv) -> None:
     check_precision(cfg.precision, "--precision")
+    if cfg.adamw not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"--adamw must be one of {ADAMW_IMPLEMENTATIONS}, got {cfg.adamw!r}")
     if cfg.precision == "fp16" and env.device.type == "cpu":
         raise ValueError("--precision fp16 needs a GPU (CPU autocast runs in bf16); use --precision bf16 or fp32 on CPU")
     for name in ("batch_size", "grad_accum", "log_every", "val_every"):
@@ -353,6 +358,26 @@ def evaluating(*modules: nn.Module):
             module.train(mode)
 
 
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach")
+
+
+def make_optimizer(params, *, lr: float, weight_decay: float, impl: str = "auto") -> torch.optim.AdamW:
+    """AdamW with one fused kernel per update (`impl='fused'`), or the multi-tensor `foreach` one (torch's default);
+    'auto' fuses when the parameters are on a GPU."""
+    params = list(params)
+    if impl not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"--adamw must be one of {ADAMW_IMPLEMENTATIONS}, got {impl!r}")
+    fused = impl == "fused" or (impl == "auto" and all(p.device.type == "cuda" for p in params))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True)
+
+
+def checkpoint_levels(cfg: TrainConfig) -> list[str] | None:
+    """The UNet levels `--checkpoint_levels` names (None: all of them)."""
+    if cfg.checkpoint_levels.strip() == "all":
+        return None
+    return [level.strip() for level in cfg.checkpoint_levels.split(",") if level.strip()]
+
+
 def training_autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
 
@@ -468,7 +493,7 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
     elif teacher is not None:
         unet.load_state_dict({k: v.float() for k, v in teacher[0].state_dict().items()})
         adapter.load_state_dict({k: v.float() for k, v in teacher[1].state_dict().items()})
-    unet.enable_gradient_checkpointing(cfg.grad_checkpointing)
+    unet.enable_gradient_checkpointing(cfg.grad_checkpointing, levels=checkpoint_levels(cfg))
     if teacher is None:
         objective = TrainingObjective(unet, adapter, NoiseSchedule())
     else:
@@ -476,12 +501,18 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
     objective = objective.to(env.device).train()
     model = objective
     if env.distributed:
-        # buffers are fixed at init and identical on every rank: no per-forward buffer broadcast (as the original)
+        # buffers are fixed at init and identical on every rank: no per-forward buffer broadcast (as the original);
+        # gradients live in the all-reduce buckets (no copy in or out); every step uses every parameter in the same
+        # order, so the graph is static, except across the no_sync() micro-batches of gradient accumulation
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         model = DistributedDataParallel(
-            objective, device_ids=device_ids, forward_sync_buffers=False, gradient_as_bucket_view=True
-        )
-    opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+            objective, device_ids=device_ids, forward_sync_buffers=False, gradient_as_bucket_view=True,
+            static_graph=cfg.grad_accum == 1 and cfg.distill_from is None,  # distillation calls the student twice
+        )  # fmt: skip
+    if cfg.compile:
+        model = torch.compile(model)  # the backward too (AOTAutograd); DDP's buckets split the graph
+    params = [p for p in objective.parameters() if p.requires_grad]
+    opt = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, impl=cfg.adamw)
     warmup = (lambda s: min(1.0, (s + 1) / cfg.warmup_steps)) if cfg.warmup_steps > 0 else (lambda s: 1.0)
     return dict(
         unet=unet,
