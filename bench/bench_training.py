@@ -1,4 +1,4 @@
-"""Training step time and peak memory with and without gradient checkpointing and bf16.
+"""Training step time and peak memory with and without gradient checkpointing (of every level or some), bf16 and fused AdamW.
 
     python bench/bench_training.py                                   # CPU, a small config (minutes)
     python bench/bench_training.py --preset paper --frames 70 --batch_size 2 --device cuda
@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+# (precision, checkpointed UNet levels: 'off', 'all' or a comma list, AdamW implementation)
+VARIANTS = [
+    ("fp32", "off", "foreach"),
+    ("fp32", "all", "foreach"),
+    ("bf16", "off", "foreach"),
+    ("bf16", "all", "foreach"),
+    ("bf16", "0", "fused"),
+    ("bf16", "0,1", "fused"),
+]
 
 
 def measure(args) -> dict:
@@ -36,7 +44,7 @@ def measure(args) -> dict:
     from models.core.precision import PRECISIONS
     from models.diffusion.schedule import NoiseSchedule
     from models.networks.checkpoint import build_models
-    from models.training.loop import TrainingObjective
+    from models.training.loop import TrainingObjective, make_optimizer
 
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -45,9 +53,10 @@ def measure(args) -> dict:
         overrides["latent_size"] = tuple(args.latent_size)
     config = get_preset(args.preset, **overrides)
     unet, adapter = build_models(config)
-    unet.enable_gradient_checkpointing(args.checkpointing)
+    levels = None if args.checkpointing in ("off", "all") else args.checkpointing.split(",")
+    unet.enable_gradient_checkpointing(args.checkpointing != "off", levels=levels)
     objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(device).train()
-    opt = torch.optim.AdamW(objective.parameters(), lr=1e-4, weight_decay=0.01)
+    opt = make_optimizer(objective.parameters(), lr=1e-4, weight_decay=0.01, impl=args.adamw)
     b, (h, w) = args.batch_size, config.latent_size
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(b, config.channels, config.frames, h, w, generator=g).to(device)
@@ -94,7 +103,7 @@ def measure(args) -> dict:
     }
 
 
-def run_variant(args, precision: str, checkpointing: bool) -> dict:
+def run_variant(args, precision: str, checkpointing: str, adamw: str) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -110,7 +119,7 @@ def run_variant(args, precision: str, checkpointing: bool) -> dict:
         "--warmup",
         str(args.warmup),
     ]
-    cmd += ["--checkpointing"] if checkpointing else []
+    cmd += ["--checkpointing", checkpointing, "--adamw", adamw]
     cmd += ["--frames", str(args.frames)] if args.frames else []
     cmd += ["--latent_size", *map(str, args.latent_size)] if args.latent_size else []
     cmd += ["--device", args.device] if args.device else []
@@ -118,11 +127,11 @@ def run_variant(args, precision: str, checkpointing: bool) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def report(args, rows: list[tuple[str, bool, dict]]) -> str:
-    base = rows[0][2]
+def report(args, rows: list[tuple[str, str, str, dict]]) -> str:
+    base = rows[0][3]
     info = base
     lines = [
-        "# Training step: gradient checkpointing and bf16",
+        "# Training step: gradient checkpointing, bf16 and fused AdamW",
         "",
         f"Device: {info['device']} ({info['device_name'] or 'unknown'}, {info['threads']} threads). "
         f"Preset `{args.preset}`, latents [b, c, f, h, w] = {info['shape']}; {args.steps} timed steps after "
@@ -137,12 +146,12 @@ def report(args, rows: list[tuple[str, bool, dict]]) -> str:
         if not info["device"].startswith("cuda")
         else "",
         "",
-        "| precision | grad checkpointing | s / step | peak MiB | time ratio | memory ratio |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| precision | grad checkpointing (levels) | AdamW | s / step | peak MiB | time ratio | memory ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for precision, checkpointing, r in rows:
+    for precision, checkpointing, adamw, r in rows:
         lines.append(
-            f"| {precision} | {'on' if checkpointing else 'off'} | {r['seconds_per_step']:.3f} | {r['peak_mib']:.0f} "
+            f"| {precision} | {checkpointing} | {adamw} | {r['seconds_per_step']:.3f} | {r['peak_mib']:.0f} "
             f"| {r['seconds_per_step'] / base['seconds_per_step']:.2f} | {r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} |"
         )
     lines += ["", f"Command: `python bench/bench_training.py {' '.join(sys.argv[1:])}`", ""]
@@ -168,7 +177,8 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="results file (default: bench/results/training_<device>.md)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", default="off", help=argparse.SUPPRESS)
+    parser.add_argument("--adamw", default="foreach", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.preset == "paper" and args.latent_size == [64, 48]:
         args.latent_size = None  # the paper's own 80x64
@@ -176,11 +186,11 @@ def main(argv=None):
         print(json.dumps(measure(args)))
         return
     rows = []
-    for precision, checkpointing in VARIANTS:
-        rows.append((precision, checkpointing, run_variant(args, precision, checkpointing)))
-        print(f"{precision} checkpointing={'on' if checkpointing else 'off'}: {rows[-1][2]}", flush=True)
+    for precision, checkpointing, adamw in VARIANTS:
+        rows.append((precision, checkpointing, adamw, run_variant(args, precision, checkpointing, adamw)))
+        print(f"{precision} checkpointing={checkpointing} adamw={adamw}: {rows[-1][3]}", flush=True)
     text = report(args, rows)
-    kind = "cuda" if rows[0][2]["device"].startswith("cuda") else "cpu"
+    kind = "cuda" if rows[0][3]["device"].startswith("cuda") else "cpu"
     output = Path(args.output) if args.output else ROOT / "bench" / "results" / f"training_{kind}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)

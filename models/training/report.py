@@ -55,7 +55,13 @@ def start_block(run, started_from: str) -> str:
             f"{per_step} clips per step",
         ),
         ("steps", f"{run.batches_per_epoch / cfg.grad_accum:g} per epoch; training to step {run.total_steps}"),
-        ("precision", cfg.precision + (" with gradient checkpointing" if cfg.grad_checkpointing else "")),
+        (
+            "precision",
+            cfg.precision
+            + (" with gradient checkpointing" if cfg.grad_checkpointing else "")
+            + ("" if cfg.checkpoint_levels == "all" or not cfg.grad_checkpointing else f" of levels {cfg.checkpoint_levels}"),
+        ),
+        ("step", f"{'fused' if run.opt.defaults.get('fused') else 'foreach'} AdamW, {'compiled' if cfg.compile else 'eager'}"),
         ("checkpoints", f"{cfg.output_dir}/step_<n>.pth every {cfg.checkpoint_every} steps and at the end, {kept}"),
         ("logs", f"tensorboard --logdir {cfg.log_dir} (loss every {cfg.log_every} steps)"),
         ("samples", samples),
