@@ -185,7 +185,19 @@ def test_bench_reports_are_printed_and_written_where_asked(tmp_path, capsys):
     assert RESULTS == ROOT / "bench" / "results"  # where it goes without --out
 
 
-@pytest.mark.parametrize("module", ["video_io", "data", "manifest", "projection", "evaluate", "inference_io", "files", "outputs"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "data.video_io",
+        "data.dataset",
+        "core.manifest",
+        "data.projection",
+        "evaluation.evaluate",
+        "serving.inference_io",
+        "core.files",
+        "core.outputs",
+    ],
+)
 def test_light_modules_do_not_import_the_networks(module):
     """Writing a PNG or reading a manifest must not depend on the model code (nor load diffusers)."""
     heavy = ("models.networks.unet", "models.networks.checkpoint", "diffusers")

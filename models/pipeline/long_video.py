@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,11 +122,21 @@ class _Spool:
                 yield torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy()).view(shape)
 
 
+def collect_frames(chunks: Iterable[tuple[int, torch.Tensor]], batch: int, on_frames=None, keep: bool = True):
+    """The videos [B, F, 3, H, W] of (video index, frames) chunks such as `decode_chunks` yields, each chunk handed to
+    `on_frames(video, frames)` as it comes; without `keep`, None (the frames are kept nowhere)."""
+    kept: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    for video, frames in chunks:
+        if on_frames is not None:
+            on_frames(video, frames)
+        if keep:
+            kept[video].append(frames)
+    return torch.stack([torch.cat(frames) for frames in kept]) if keep else None
+
+
 def sample_long_video(pipeline, images: torch.Tensor, generators: list, **options) -> torch.Tensor:
     """Videos of `num_frames` frames for `images [B, 3, H, W]` in [0, 1]: [B, F, 3, H, W] on the CPU; the frames of
     `long_video_chunks` (options as there) gathered."""
-    from .pipeline import collect_frames
-
     return collect_frames(long_video_chunks(pipeline, images, generators, **options), len(images))
 
 

@@ -49,7 +49,7 @@ from ..networks.compiling import compile_decoder, compile_unet
 from ..networks.encoders import FrozenEncoders, clip_image_processor
 from ..networks.unet import SpaceTimeUnet
 from .hub import model_card, push_folder
-from .long_video import long_video_chunks
+from .long_video import collect_frames, long_video_chunks
 from .remote_code import package_module, write_remote_code
 
 # --low_memory's decode chunk: measured in bench/bench_paper.py to keep a 70-frame 640x512 video under 12 GB
@@ -92,18 +92,6 @@ def postprocess_video(frames: torch.Tensor, output_type: str):
     if output_type == "np":
         return rearrange(frames, "b f c h w -> b f h w c").numpy()
     return [[PIL.Image.fromarray(frame) for frame in frames_to_uint8(video)] for video in frames]
-
-
-def collect_frames(chunks: Iterable[tuple[int, torch.Tensor]], batch: int, on_frames=None, keep: bool = True):
-    """The videos [B, F, 3, H, W] of (video index, frames) chunks such as `decode_chunks` yields, each chunk handed to
-    `on_frames(video, frames)` as it comes; without `keep`, None (the frames are kept nowhere)."""
-    kept: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    for video, frames in chunks:
-        if on_frames is not None:
-            on_frames(video, frames)
-        if keep:
-            kept[video].append(frames)
-    return torch.stack([torch.cat(frames) for frames in kept]) if keep else None
 
 
 def output_bytes(batch: int, frames: int, size, output_type: str | None) -> int:
