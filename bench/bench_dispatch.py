@@ -17,20 +17,17 @@ of ours before issue 24 (bf16 autocast, every block checkpointed), then selectiv
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import sys
 import tempfile
-import weakref
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench._common import write_report  # noqa: E402
+from models.core.profiling import DispatchCounter  # noqa: E402
 
 # name: (precision, checkpointed levels: None = none, "all" = every level, else a list; AdamW implementation)
 SETTINGS = {
@@ -40,43 +37,6 @@ SETTINGS = {
     "bf16 + checkpointing of level 0, fused AdamW": ("bf16", ["0"], "fused"),
     "bf16 + checkpointing of levels 0 and 1, fused AdamW": ("bf16", ["0", "1"], "fused"),
 }
-SKIPPED = {torch.ops.aten.detach.default, torch.ops.aten.lift_fresh.default}
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched (views and detach left out) and the peak bytes of the tensors they made."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-        self.live, self.refs = {}, collections.Counter()  # storage -> bytes; storage -> tensors on it
-        self.bytes = self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view and func not in SKIPPED:
-            self.ops[func.overloadpacket.__name__] += 1
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self._track(t, new=not func.is_view)
-        return out
-
-    def _track(self, t: torch.Tensor, *, new: bool) -> None:
-        key = t.untyped_storage().data_ptr()
-        if key not in self.live:
-            if not new or key == 0:  # a view of a tensor made before the step, or an empty one
-                return
-            self.live[key] = t.untyped_storage().nbytes()
-            self.bytes += self.live[key]
-            self.peak = max(self.peak, self.bytes)
-        self.refs[key] += 1
-        weakref.finalize(t, self._release, key)
-
-    def _release(self, key) -> None:
-        self.refs[key] -= 1
-        if self.refs[key] == 0:
-            del self.refs[key]
-            self.bytes -= self.live.pop(key)
 
 
 def build(args):
@@ -122,7 +82,7 @@ def count_step(args, precision: str, levels, adamw: str) -> dict:
         return sum(counter.ops.values()) - optimizer_ops if counter else 0
 
     step()
-    counter = OpCounter()
+    counter = DispatchCounter()
     optimizer_ops = step(counter)
     ops = sum(counter.ops.values())
     grads = sum(p.numel() * p.element_size() for p in objective.parameters())  # made in every setting's backward
@@ -140,7 +100,7 @@ def count_inference(args, precision: str) -> dict:
     unet.eval()
     with torch.no_grad():  # not inference_mode: under it the mode sees ops before autocast's casts and decompositions
         context = objective.adapter(inputs["clip_hidden"], inputs["image_latent"])
-        with OpCounter() as counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with DispatchCounter() as counter, torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             unet(inputs["noise"], context, timestep=inputs["t"].float())
     return {"ops": sum(counter.ops.values()), "by_op": dict(counter.ops.most_common()), "peak_bytes": counter.peak}
 

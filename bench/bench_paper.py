@@ -74,7 +74,10 @@ from models.training.loop import TrainingObjective, make_optimizer  # noqa: E402
 
 STUDENT_STEPS = 4  # the few-step student's default (models/training/loop.py TrainConfig.distill_steps)
 # the order of --sections all; the compiling ones last
-SECTIONS = ("inference", "offload", "sync", "kernels", "memory", "train", "golden", "sdpa", "unet", "decoder", "compiled")
+SECTIONS = (
+    "inference", "offload", "sync", "kernels", "memory", "train", "batch_auto", "golden", "sdpa", "unet", "decoder",
+    "compiled",
+)  # fmt: skip
 KERNELS_SHOWN = 15  # rows of the kernel table
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
 HALF = {name: dtype for name, dtype in PRECISIONS.items() if name != "fp32"}
@@ -763,6 +766,41 @@ def section_train(bench: Bench) -> dict:
     return results
 
 
+def section_batch_auto(bench: Bench) -> dict:
+    """What `train.py --batch_size auto --precision bf16` picks here, at the default budget (90% of a GPU), by the
+    same probe (models/training/step_tuning.py), and every setting it measured."""
+    from models.training.step_tuning import StepProbe, default_budget_bytes, tune_step_settings
+
+    dev, config = bench.device, bench.config
+    torch.manual_seed(0)
+    unet, adapter = build_models(config)
+    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(dev).train()
+    shape = dict(
+        channels=config.channels,
+        frames=bench.frames,
+        latent_size=config.latent_size,
+        context_tokens=config.context_tokens,
+        context_dim=config.context_dim,
+    )
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16)
+    probe = StepProbe(objective, unet, resident=[objective], shape=shape, autocast=autocast, device=dev)
+    try:
+        started = time.perf_counter()
+        record = tune_step_settings(
+            probe,
+            batch_size=None,
+            max_batch=bench.args.max_train_batch,
+            levels=len(unet.downs),
+            budget=default_budget_bytes(dev),
+            say=print,
+        )
+        return {**record, "probe_seconds": time.perf_counter() - started}
+    finally:
+        del probe, objective, unet, adapter
+        if bench.cuda:
+            torch.cuda.empty_cache()
+
+
 def largest_batch(bench: Bench) -> dict:
     """Double the batch of ours (bf16 + checkpointing) until a step runs out of memory."""
     fits, batch = None, bench.args.train_batch * 2
@@ -1122,6 +1160,8 @@ def report_markdown(results: dict) -> str:
             tail = f"batch {largest['next_failed']} ran out of memory" if "next_failed" in largest else largest.get("limit", "")
             lines += ["", f"Largest batch of ours that fits: **{largest['batch']}** ({fmt_s(largest['seconds'])} per step, "
                       f"{largest['peak_memory_mb'] / 1024:.1f} GiB; {tail})."]  # fmt: skip
+    if "batch_auto" in results:
+        lines += batch_auto_markdown(results["batch_auto"], results.get("train", {}))
     if "memory" in results:
         lines += ["", "## Inference peak memory (one video)", "", "| settings | peak | time (2 steps) |", "| --- | ---: | ---: |"]
         for name, r in results["memory"].items():
@@ -1135,6 +1175,33 @@ def report_markdown(results: dict) -> str:
         if name in results.get("partial", {}):
             lines += ["", f"What it had measured: `{json.dumps(results['partial'][name], default=str)}`"]
     return "\n".join(lines) + "\n"
+
+
+def batch_auto_markdown(record: dict, train: dict) -> list[str]:
+    """The settings `--batch_size auto` measured and chose, its clips per second against the original's settings."""
+    from models.training.step_tuning import Probe, StepSettings
+
+    probes = [Probe(StepSettings(p["batch_size"], p["checkpointing"]), p["need_bytes"], p["seconds"]) for p in record["probes"]]
+    chosen = StepSettings(**record["chosen"])
+    lines = [
+        "",
+        f"## `--batch_size auto` (bf16, a {record['budget_bytes'] / 2**30:.1f} GiB budget; "
+        f"{record['probe_seconds']:.0f} s of probing)",
+        "",
+        *(f"- {p.line()}" for p in probes),
+        "",
+        f"Chosen: **{chosen.describe()}**.",
+    ]
+    best = next(p for p in probes if p.settings == chosen)
+    original = next((r for name, r in train.items() if name.startswith("original") and "seconds" in r), None)
+    if original is not None:
+        batch = int(next(name for name in train if name.startswith("original")).rsplit(" ", 1)[-1])
+        ratio = best.samples_per_second / (batch / original["seconds"])
+        lines[-1] += (
+            f" {best.samples_per_second:.2f} clips/s in the probe's forward and backward, {ratio:.2f}x the original's "
+            "settings' clips/s (their whole step, AdamW included)."
+        )
+    return lines
 
 
 def offload_markdown(rows: dict) -> list[str]:

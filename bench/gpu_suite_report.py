@@ -30,6 +30,7 @@ WAITING = (
     ("sync", "whether the sampling loop synchronises with the GPU, and the loop's overhead", "offload_sync"),
     ("sharded", "sharded batch inference over the GPUs present", "sharded_inference"),
     ("kernels", "where a UNet call's time goes: its kernels, eager, compiled and with CUDA graphs", "paper"),
+    ("batch_auto", "what `train.py --batch_size auto` picks at paper scale, and its clips/s against the original's", "paper"),
 )
 
 
@@ -73,8 +74,8 @@ def produced(key: str, results: dict, status: dict) -> bool:
         return any(row.get("offload") == "model" for row in section("offload").values())
     if key == "sync":
         return "sync_check" in section("sync")
-    if key == "kernels":
-        return bool(section("kernels"))
+    if key in ("kernels", "batch_auto"):
+        return bool(section(key))
     part = {"torchrun": "torchrun", "sharded": "sharded_inference"}[key]
     return status.get(part, {}).get("rc") == "0"
 

@@ -65,6 +65,9 @@ def test_dry_run_runs_every_part_of_the_gpu_suite_on_the_cpu(tmp_path):
     assert set(rest["train"]) == set(bench_paper.train_settings(2, compiled=True))  # the paper part runs --compile
     assert all(r["seconds"] > 0 and r["peak_memory_mb"] > 0 for r in rest["train"].values())
     assert all(r["peak_memory_mb"] > 0 for r in rest["memory"].values())
+    auto = rest["batch_auto"]  # --batch_size auto's probe: what it measured and chose
+    assert auto["chosen"] in [{k: p[k] for k in ("batch_size", "checkpointing")} for p in auto["probes"] if p["seconds"]]
+    assert "## `--batch_size auto`" in report and "Chosen: **batch" in report
     assert {"unet", "sdpa", "golden"} <= set(rest) and "## One video" in report
     offload = figures["offload_sync"]
     assert {row["offload"] for row in offload["offload"].values()} == {"none", "encoders", "model"}
@@ -191,7 +194,7 @@ def test_on_a_gpu_the_suite_runs_its_parts_in_order_with_the_gpu_flags(tmp_path)
         f"{paper} offload,sync --json {raw}/paper_offload_sync.json",
         "-m pytest -q -p no:cacheprovider tests/test_model.py -k golden",
         f"bench/bench_inference_sharded.py --device cuda --processes 2 --photos 32 --repeats 1 --out {raw}/inference_sharded.md",
-        f"{paper} kernels,memory,sdpa,golden,decoder,unet,train --compile --max_train_batch 32 --json {raw}/paper_paper.json",
+        f"{paper} kernels,memory,sdpa,golden,decoder,unet,train,batch_auto --compile --max_train_batch 32 --json {raw}/paper_paper.json",
         f"bench/gpu_suite_report.py --raw {raw} --out {tmp_path / 'gpu.md'}",
     ]
     at = [next((i for i, line in enumerate(ran) if want in line), None) for want in expected]

@@ -32,7 +32,8 @@ HELP = {
     "vae": "VAE to load (hub id or local folder); default: the model config's",
     "clip": "CLIP vision model to load (hub id or local folder); default: the model config's",
     "frames": "frames per training clip; default: the model config's (70 for the paper)",
-    "batch_size": "videos per process per micro-batch",
+    "batch_size": "videos per process per micro-batch, or 'auto': the most clips per second that fit --memory_budget, "
+    "measured by a short probe at the start and kept in the checkpoints (a resumed run reuses it)",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "epochs": "passes over the dataset (ignored when --max_steps is set)",
@@ -46,6 +47,9 @@ HELP = {
     "checkpoint_levels": "with --grad_checkpointing, the UNet levels recomputed: 'all', or a comma list of levels "
     "counted from the top (highest resolution) and 'mid', e.g. '0' or '0,1' (the top levels hold most activations)",
     "adamw": "AdamW implementation: 'fused' (one kernel per update), 'foreach', or 'auto' (fused on a GPU, else foreach)",
+    "memory_budget": "GiB one process may use: gradient checkpointing (and with --batch_size auto, the batch) is chosen "
+    "by a probe at the start as the fastest setting that fits; with --batch_size auto and no budget, 90%% of the GPU "
+    "(half the machine's memory on a CPU)",
     "compile": "torch.compile the training step's forward and backward (off until a GPU shows it pays)",
     "seed": "seed for the weights, the data order and every random draw",
     "resume": "'auto' (newest checkpoint in --output_dir, else a fresh run), 'none', or a checkpoint path",
@@ -78,6 +82,18 @@ CHOICES["teacher_precision"] = CHOICES["precision"]
 TYPES = {"str": str, "int": int, "float": float}
 
 
+def batch_size_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or 'auto', not {text!r}") from None
+
+
+ARG_TYPES = {"batch_size": batch_size_arg}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..training.loop import TrainConfig
 
@@ -90,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(
                 f"--{field.name}",
-                type=TYPES[kind],
+                type=ARG_TYPES.get(field.name, TYPES[kind]),
                 default=default,
                 choices=CHOICES.get(field.name),
                 help=f"{HELP[field.name]} (default: {default})",

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ from ..networks.checkpoint import (
 )
 from .distill import SKIP, DistillationObjective, load_teacher, student_sampler
 from .report import checkpoint_line, loss_line, start_block, summary_block, validation_line
+from .step_tuning import MAX_AUTO_BATCH, StepProbe, StepSettings, apply_checkpointing, default_budget_bytes, tune_step_settings
 from .validation import validation_loss
 
 CHECKPOINT_PREFIX = "step_"
@@ -70,7 +71,7 @@ class TrainConfig:
     clip: str | None = None
     frames: int | None = None  # clip length taken from each projected video; default: the model config's
     # optimisation (docs/ORIGINAL.md, "Training setup")
-    batch_size: int = 2  # per process
+    batch_size: int | str = 2  # per process; 'auto': the fastest that fits the memory budget (training/step_tuning.py)
     lr: float = 1e-4
     weight_decay: float = 0.01
     epochs: int = 2500
@@ -84,6 +85,7 @@ class TrainConfig:
     checkpoint_levels: str = "all"  # with grad_checkpointing: 'all' or the UNet levels recomputed, e.g. '0,1' or '0,mid'
     adamw: str = "auto"  # auto (fused on CUDA, foreach elsewhere) | fused | foreach
     compile: bool = False  # torch.compile the training objective (forward and backward)
+    memory_budget: float | None = None  # GiB per process: checkpointing (with batch 'auto', the batch too) chosen to fit
     # bookkeeping
     seed: int = 0
     resume: str = "auto"  # 'auto' (newest checkpoint in output_dir, else fresh), 'none', or a checkpoint path
@@ -240,7 +242,11 @@ def check_config(cfg: TrainConfig, env: DistEnv) -> None:
         raise ValueError(f"--adamw must be one of {ADAMW_IMPLEMENTATIONS}, got {cfg.adamw!r}")
     if cfg.precision == "fp16" and env.device.type == "cpu":
         raise ValueError("--precision fp16 needs a GPU (CPU autocast runs in bf16); use --precision bf16 or fp32 on CPU")
-    for name in ("batch_size", "grad_accum", "log_every", "val_every"):
+    if cfg.batch_size != "auto" and not (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1):
+        raise ValueError(f"--batch_size must be a whole number of at least 1 or 'auto', got {cfg.batch_size!r}")
+    if cfg.memory_budget is not None and cfg.memory_budget <= 0:
+        raise ValueError(f"--memory_budget is in GiB and must be positive, got {cfg.memory_budget}")
+    for name in ("grad_accum", "log_every", "val_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.checkpoint_every < 1:
@@ -446,6 +452,7 @@ class TrainingRun:
     loss: float = math.nan  # of the last finite step, averaged over ranks
     last_saved: Path | None = None
     validation: object = None  # the held-out clips (a LatentVideoDataset), when --val_dataset_vae names them
+    step_settings: dict | None = None  # how --batch_size auto / --memory_budget chose (training/step_tuning.py)
     val_last: tuple[int, float] | None = None  # (step, validation loss), rank 0 only
     val_best: tuple[int, float] | None = None
     start_step: int = 0  # of this process's run
@@ -526,9 +533,8 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
     )
 
 
-def open_loader(cfg: TrainConfig, env: DistEnv, config: ModelConfig, encoders) -> dict:
+def open_loader(cfg: TrainConfig, env: DistEnv, dataset) -> dict:
     """The projected clips behind one resumable sampler (distributed or not), and how many steps to train."""
-    dataset = open_dataset(cfg, config, encoders.image_size(config.latent_size))
     sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed)
     loader = DataLoader(
         dataset,
@@ -555,6 +561,44 @@ def open_validation(cfg: TrainConfig, config: ModelConfig, encoders):
     return open_dataset(cfg, config, encoders.image_size(config.latent_size), cfg.val_dataset_vae)
 
 
+def settle_step_settings(cfg: TrainConfig, env: DistEnv, trainables: dict, encoders, dataset, ckpt, say):
+    """`--batch_size auto` and `--memory_budget`: the resumed checkpoint's choice, else a probe's (rank 0's on every
+    rank); the config with that batch and checkpointing, and the record the checkpoints keep. Without either flag,
+    the config as it is."""
+    if cfg.batch_size != "auto" and cfg.memory_budget is None:
+        return cfg, None
+    record = (ckpt or {}).get("step_settings")
+    if record is not None:
+        say(f"step settings of the checkpoint resumed: {StepSettings(**record['chosen']).describe()}")
+    else:
+        objective, unet, config = trainables["objective"], trainables["unet"], trainables["config"]
+        shape = dict(
+            channels=config.channels,
+            frames=dataset.frames,
+            latent_size=config.latent_size,
+            context_tokens=config.context_tokens,
+            context_dim=config.context_dim,
+        )
+        resident = [objective, encoders, *getattr(objective, "teacher", ())]
+        autocast = training_autocast(cfg, env.device)
+        probe = StepProbe(objective, unet, resident=resident, shape=shape, autocast=autocast, device=env.device)
+        budget = round(cfg.memory_budget * 2**30) if cfg.memory_budget else default_budget_bytes(env.device)
+        record = tune_step_settings(
+            probe,
+            batch_size=None if cfg.batch_size == "auto" else cfg.batch_size,
+            max_batch=max(1, min(MAX_AUTO_BATCH, len(dataset) // env.world_size)),
+            levels=len(unet.downs),
+            budget=budget,
+            say=say,
+        )
+        record = all_gather_objects(record)[0]  # every rank trains with rank 0's choice
+    chosen = StepSettings(**record["chosen"])
+    apply_checkpointing(trainables["unet"], chosen.checkpointing)
+    levels = "all" if chosen.checkpointing in ("off", "all") else chosen.checkpointing
+    cfg = replace(cfg, batch_size=chosen.batch_size, grad_checkpointing=chosen.checkpointing != "off", checkpoint_levels=levels)
+    return cfg, record
+
+
 def config_text(run: TrainingRun) -> str:
     """The run's settings and model configuration for TensorBoard's text tab (an indented block: JSON kept as is)."""
     text = json.dumps({"train": asdict(run.cfg), "model": run.config.to_dict(), "world_size": run.env.world_size}, indent=2)
@@ -577,6 +621,9 @@ def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
         raise ValueError(f"--distill_from {cfg.distill_from}: the teacher's model configuration differs from the student's")
     encoders = FrozenEncoders.from_config(config, vae=cfg.vae, clip=cfg.clip, device=env.device)
     encoders.check_config(config)
+    dataset = open_dataset(cfg, config, encoders.image_size(config.latent_size))
+    trainables = build_trainables(cfg, env, config, ckpt, path, teacher[:2] if teacher else None)
+    cfg, step_settings = settle_step_settings(cfg, env, {**trainables, "config": config}, encoders, dataset, ckpt, say)
     run = TrainingRun(
         cfg=cfg,
         env=env,
@@ -584,9 +631,10 @@ def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
         encoders=encoders,
         generator=rank_generator(cfg.seed, env.rank),
         say=say,
-        **build_trainables(cfg, env, config, ckpt, path, teacher[:2] if teacher else None),
-        **open_loader(cfg, env, config, encoders),
+        **trainables,
+        **open_loader(cfg, env, dataset),
         validation=open_validation(cfg, config, encoders),
+        step_settings=step_settings,
     )
     if ckpt is not None:
         started_from = restore_training_state(run, ckpt, path)
@@ -747,6 +795,7 @@ def save_run(run: TrainingRun) -> None:
             validation={"last": run.val_last, "best": run.val_best},
             train_config=asdict(run.cfg),
             sampler=student_sampler(run.cfg.distill_steps) if run.cfg.distill_from else None,
+            step_settings=run.step_settings,
         )
         point_latest(output_dir, run.last_saved)
         prune_checkpoints(output_dir, run.cfg.keep_last)

@@ -29,6 +29,14 @@ def _block(title: str, rows: list[tuple[str, str]]) -> str:
     return "\n".join([title] + [f"  {name:<{width}}{text}" for name, text in rows])
 
 
+def step_settings_rows(run) -> list[tuple[str, str]]:
+    """How --batch_size auto / --memory_budget chose the batch and checkpointing (nothing without them)."""
+    if not run.step_settings:
+        return []
+    budget, probes = run.step_settings["budget_bytes"] / 2**30, len(run.step_settings["probes"])
+    return [("step settings", f"chosen for a {budget:.2f} GiB budget out of {count(probes, 'measured setting')}")]
+
+
 def start_block(run, started_from: str) -> str:
     """The run's facts before the first step: data, processes, batch, steps, precision, where things go, and where it
     starts from."""
@@ -62,6 +70,7 @@ def start_block(run, started_from: str) -> str:
             + ("" if cfg.checkpoint_levels == "all" or not cfg.grad_checkpointing else f" of levels {cfg.checkpoint_levels}"),
         ),
         ("step", f"{'fused' if run.opt.defaults.get('fused') else 'foreach'} AdamW, {'compiled' if cfg.compile else 'eager'}"),
+        *step_settings_rows(run),
         ("checkpoints", f"{cfg.output_dir}/step_<n>.pth every {cfg.checkpoint_every} steps and at the end, {kept}"),
         ("logs", f"tensorboard --logdir {cfg.log_dir} (loss every {cfg.log_every} steps)"),
         ("samples", samples),
