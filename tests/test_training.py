@@ -160,12 +160,15 @@ def test_two_processes_with_torchrun(tmp_path, encoder_dirs):
 
 def test_torch_distributed_launch_still_works(tmp_path, encoder_dirs):
     data = write_projected_dataset(tmp_path / "data", videos=4)
-    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, ema_decay=0.0)
+    # with --batch_size auto: each rank probes, and both train with rank 0's choice
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=1, ema_decay=0.0, batch_size="auto", memory_budget=64.0)
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", "train.py"]
     run = subprocess.run(cmd + to_argv(cfg), cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-4000:]
     summary = json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and len(set(summary["rank_weight_digests"])) == 1
+    ckpt = read_checkpoint(Path(cfg.output_dir) / "latest.pth")
+    assert ckpt["batch_size"] == ckpt["step_settings"]["chosen"]["batch_size"] in (1, 2)  # 2 clips per rank at most
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, encoder_dirs):
