@@ -225,8 +225,24 @@ def test_loss_falls_on_learnable_data(tmp_path, encoder_dirs):
     assert len(losses) == 10
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
     assert last < 0.6 * first, f"loss did not fall: {losses}"
-    for tag in ("train/lr", "train/grad_norm", "train/samples_per_sec"):
+    for tag in ("train/lr", "train/grad_norm", "train/samples_per_sec", "train/data_wait_fraction"):
         assert len(read_scalars(Path(cfg.log_dir), tag)) == 10
+
+
+def test_a_slow_loader_shows_as_time_waiting_for_data(tmp_path, encoder_dirs, monkeypatch, capsys):
+    from models.data.dataset import LatentVideoDataset
+
+    data = write_projected_dataset(tmp_path / "data", videos=4)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=2, log_every=2)
+    train(cfg)
+    quick = [v for _, v in read_scalars(Path(cfg.log_dir), "train/data_wait_fraction")]
+    item = LatentVideoDataset.__getitem__
+    monkeypatch.setattr(LatentVideoDataset, "__getitem__", lambda self, i: (time.sleep(0.5), item(self, i))[1])
+    slow_cfg = tiny_config(tmp_path / "slow", data, encoder_dirs, max_steps=2, log_every=2)
+    train(slow_cfg)
+    [slow] = [v for _, v in read_scalars(Path(slow_cfg.log_dir), "train/data_wait_fraction")]
+    assert slow > 0.5 > quick[0]  # a step's 2 clips take 1 s to load, more than the tiny step itself
+    assert f"{slow:.0%} waiting for data" in capsys.readouterr().out
 
 
 def test_non_finite_loss_skips_the_update_and_then_stops(tmp_path, encoder_dirs, capsys):

@@ -683,9 +683,11 @@ def accumulate_gradients(run: TrainingRun, batches) -> dict:
     ranks, the clip names, the last conditioning image and where the data stands after them."""
     cfg, dev = run.cfg, run.env.device
     autocast = training_autocast(cfg, dev)
-    loss_sum, names = torch.zeros((), device=dev), []
+    loss_sum, names, waited = torch.zeros((), device=dev), [], 0.0
     for micro in range(cfg.grad_accum):
+        asked = time.perf_counter()
         epoch, index, batch = next(batches)
+        waited += time.perf_counter() - asked  # the loader behind: the device may be idle meanwhile
         image = batch["image"].to(dev, non_blocking=True)  # [b, 3, H, W] in [0, 1]
         latents = unet_layout(batch["latents"]).to(dev, non_blocking=True)
         names += list(batch["name"])
@@ -702,7 +704,7 @@ def accumulate_gradients(run: TrainingRun, batches) -> dict:
         loss_sum += loss.detach().float()
     mean, nonfinite = all_reduce_mean(torch.stack([loss_sum / cfg.grad_accum, (~torch.isfinite(loss_sum)).float()]))
     position = (epoch + 1, 0) if index + 1 == run.batches_per_epoch else (epoch, index + 1)  # the next batch to read
-    return dict(loss=mean, finite=bool(nonfinite == 0), names=names, image=image, position=position)
+    return dict(loss=mean, finite=bool(nonfinite == 0), names=names, image=image, position=position, data_wait=waited)
 
 
 def optimizer_step(run: TrainingRun, result: dict, nonfinite_run: int) -> tuple[torch.Tensor, int]:
@@ -736,15 +738,16 @@ def optimizer_step(run: TrainingRun, result: dict, nonfinite_run: int) -> tuple[
     return grad_norm, nonfinite_run
 
 
-def log_scalars(run: TrainingRun, losses: list[float], grad_norm: torch.Tensor, seconds: float) -> dict:
-    """Mean loss over the steps since the last log, learning rate, gradient norm and throughput, to TensorBoard
-    (rank 0); returns them by tag."""
+def log_scalars(run: TrainingRun, losses: list[float], grad_norm: torch.Tensor, seconds: float, data_wait: float) -> dict:
+    """Mean loss over the steps since the last log, learning rate, gradient norm, throughput and the share of the
+    time spent waiting for the data loader, to TensorBoard (rank 0); returns them by tag."""
     samples = run.cfg.batch_size * run.cfg.grad_accum * run.env.world_size * len(losses)
     scalars = {
         "train/loss": sum(losses) / len(losses),
         "train/lr": run.opt.param_groups[0]["lr"],
         "train/grad_norm": grad_norm.item(),
         "train/samples_per_sec": samples / max(seconds, 1e-9),
+        "train/data_wait_fraction": min(1.0, data_wait / max(seconds, 1e-9)),
     }
     for tag, value in scalars.items():
         run.writer.add_scalar(tag, value, run.step)
@@ -838,23 +841,24 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict:
     run = start_run(cfg, env)
     batches = epoch_batches(run.loader, run.sampler, epoch=run.epoch, start_batch=run.start_batch)
     bar = progress_bar(total=run.total_steps, initial=run.step, disable=not (env.is_main and cfg.progress), desc="train")
-    nonfinite_run, losses, log_start = 0, [], time.perf_counter()
+    nonfinite_run, losses, log_start, data_wait = 0, [], time.perf_counter(), 0.0
     while run.step < run.total_steps:
         result = accumulate_gradients(run, batches)
         grad_norm, nonfinite_run = optimizer_step(run, result, nonfinite_run)
         losses += [run.loss] if nonfinite_run == 0 else []
+        data_wait += result["data_wait"]
         run.step += 1
         run.epoch, run.start_batch = result["position"]
         bar.update(1)
         last = run.step == run.total_steps
 
         if env.is_main and (run.step % cfg.log_every == 0 or last) and losses:
-            scalars = log_scalars(run, losses, grad_norm, time.perf_counter() - log_start)
+            scalars = log_scalars(run, losses, grad_norm, time.perf_counter() - log_start, data_wait)
             if bar.disable:  # --no-progress: the loss still reaches the console
                 run.say(loss_line(run, scalars))
             else:
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", epoch=run.epoch)
-            losses, log_start = [], time.perf_counter()
+            losses, log_start, data_wait = [], time.perf_counter(), 0.0
         if run.validation is not None and (run.step % cfg.val_every == 0 or last):
             if env.is_main:
                 validate(run)

@@ -82,7 +82,8 @@ def start_block(run, started_from: str) -> str:
 def loss_line(run, scalars: dict) -> str:
     return (
         f"step {run.step}/{run.total_steps}: loss {scalars['train/loss']:.4f}, lr {scalars['train/lr']:.3g}, "
-        f"grad norm {scalars['train/grad_norm']:.3g}, {scalars['train/samples_per_sec']:.3g} clips/s"
+        f"grad norm {scalars['train/grad_norm']:.3g}, {scalars['train/samples_per_sec']:.3g} clips/s, "
+        f"{scalars['train/data_wait_fraction']:.0%} waiting for data"
     )
 
 
