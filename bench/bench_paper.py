@@ -75,8 +75,8 @@ from models.training.loop import TrainingObjective, make_optimizer  # noqa: E402
 STUDENT_STEPS = 4  # the few-step student's default (models/training/loop.py TrainConfig.distill_steps)
 # the order of --sections all; the compiling ones last
 SECTIONS = (
-    "inference", "offload", "sync", "kernels", "memory", "train", "batch_auto", "golden", "sdpa", "unet", "decoder",
-    "compiled",
+    "inference", "offload", "sync", "kernels", "memory", "train", "batch_auto", "attention_batch", "golden", "sdpa",
+    "unet", "decoder", "compiled",
 )  # fmt: skip
 KERNELS_SHOWN = 15  # rows of the kernel table
 SHARED = Path(os.environ.get("FASHIONFLOW_SHARED", ROOT.parent / "shared"))
@@ -653,6 +653,55 @@ def section_sdpa(bench: Bench) -> dict:
     return {"kernels": [{"name": k[:120], "share": v / max(total, 1)} for k, v in top], "dtype": str(dtype)}
 
 
+def attention_step_seconds(dev, qkv, bias, max_batch: int) -> float:
+    """Seconds of `attend` forward and backward (after one untimed call)."""
+    from models.networks.unet import attend
+
+    times = {}
+    try:
+        for key in ("warm-up", "s"):
+            with timed(dev, times, key):
+                attend(*qkv, bias, max_batch=max_batch).sum().backward()
+        return times["s"]
+    finally:
+        for t in (*qkv, bias):
+            t.grad = None
+
+
+def section_attention_batch(bench: Bench) -> dict:
+    """The top level's temporal attention, forward and backward, at the pixel batches that training batches make
+    (batch x h x w sequences of `frames`): one call against slices below CUDA's grid limit (`attend`). Past 65,535
+    sequences torch leaves the memory-efficient kernel; whether that explains batch 32's slow steps is measured here."""
+    from models.networks.unet import SDPA_MAX_BATCH
+
+    dev, config = bench.device, bench.config
+    dtype = torch.bfloat16 if bench.cuda else torch.float32
+    (h, w), f = config.latent_size, bench.frames
+    limit = SDPA_MAX_BATCH if bench.cuda else 64  # on the CPU (a dry run) the slicing is exercised at small sizes
+    results = {}
+    for batch in (8, 12, 16) if bench.cuda else (1, 2):
+        n = batch * h * w
+        g = torch.Generator(device=dev).manual_seed(0)
+        q, k, v = (
+            torch.randn(n, config.attn_heads, f, config.attn_dim_head, device=dev, dtype=dtype, generator=g).requires_grad_()
+            for _ in range(3)
+        )
+        # learned (ContinuousPositionBias), so its gradient is computed too, as in training
+        bias = torch.randn(config.attn_heads, f, f, device=dev, dtype=dtype, generator=g).requires_grad_()
+        row = {"sequences": n}
+        for name, max_batch in (("one call", n), ("sliced", limit)):
+            try:
+                seconds = attention_step_seconds(dev, (q, k, v), bias, max_batch)
+                row[name] = {"seconds": seconds, "per_video_ms": seconds / batch * 1e3}
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                row[name] = {"error": str(error).splitlines()[0][:200]}
+        results[f"batch {batch}"] = row
+        del q, k, v, bias
+        if bench.cuda:
+            torch.cuda.empty_cache()
+    return results
+
+
 def section_golden(bench: Bench) -> dict:
     """The reference's golden UNet case on this device: error relative to the output's max, per precision."""
     import importlib.util
@@ -1160,6 +1209,19 @@ def report_markdown(results: dict) -> str:
             tail = f"batch {largest['next_failed']} ran out of memory" if "next_failed" in largest else largest.get("limit", "")
             lines += ["", f"Largest batch of ours that fits: **{largest['batch']}** ({fmt_s(largest['seconds'])} per step, "
                       f"{largest['peak_memory_mb'] / 1024:.1f} GiB; {tail})."]  # fmt: skip
+    if "attention_batch" in results:
+        lines += [
+            "",
+            "## Temporal attention at training batches (top level, forward and backward)",
+            "",
+            "| training batch | sequences | one call, ms per video | in slices (`attend`; 65,535 on a GPU), ms per video |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, row in results["attention_batch"].items():
+            cells = [
+                f"{row[k]['per_video_ms']:.1f}" if "per_video_ms" in row[k] else row[k]["error"] for k in ("one call", "sliced")
+            ]
+            lines.append(f"| {name.split()[-1]} | {row['sequences']:,} | {cells[0]} | {cells[1]} |")
     if "batch_auto" in results:
         lines += batch_auto_markdown(results["batch_auto"], results.get("train", {}))
     if "memory" in results:

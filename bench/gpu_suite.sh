@@ -132,7 +132,7 @@ part golden_test 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py -
 part sharded_inference 120 "$PY" bench/bench_inference_sharded.py "${sharded_flags[@]}" --out "$RAW/inference_sharded.md"
 # the UNet call's kernel table (never measured), then what the H200 measured already (bench/results/gpu_H200.md):
 # what time is left, cheapest first
-paper paper 540 "${SECTIONS:-kernels,memory,sdpa,golden,decoder,unet,train,batch_auto}" --compile --max_train_batch 32
+paper paper 540 "${SECTIONS:-kernels,memory,sdpa,golden,decoder,unet,train,batch_auto,attention_batch}" --compile --max_train_batch 32
 
 wait  # for the parts of a dry run still in the background
 "$PY" bench/gpu_suite_report.py --raw "$RAW" --out "$report" --order "$ORDER" --budget "$BUDGET" \

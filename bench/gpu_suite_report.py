@@ -31,6 +31,7 @@ WAITING = (
     ("sharded", "sharded batch inference over the GPUs present", "sharded_inference"),
     ("kernels", "where a UNet call's time goes: its kernels, eager, compiled and with CUDA graphs", "paper"),
     ("batch_auto", "what `train.py --batch_size auto` picks at paper scale, and its clips/s against the original's", "paper"),
+    ("attention_batch", "temporal attention past 65,535 sequences in one call and in slices: the batch-32 slowdown?", "paper"),
 )
 
 
@@ -74,7 +75,7 @@ def produced(key: str, results: dict, status: dict) -> bool:
         return any(row.get("offload") == "model" for row in section("offload").values())
     if key == "sync":
         return "sync_check" in section("sync")
-    if key in ("kernels", "batch_auto"):
+    if key in ("kernels", "batch_auto", "attention_batch"):
         return bool(section(key))
     part = {"torchrun": "torchrun", "sharded": "sharded_inference"}[key]
     return status.get(part, {}).get("rc") == "0"

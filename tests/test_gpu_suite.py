@@ -194,7 +194,7 @@ def test_on_a_gpu_the_suite_runs_its_parts_in_order_with_the_gpu_flags(tmp_path)
         f"{paper} offload,sync --json {raw}/paper_offload_sync.json",
         "-m pytest -q -p no:cacheprovider tests/test_model.py -k golden",
         f"bench/bench_inference_sharded.py --device cuda --processes 2 --photos 32 --repeats 1 --out {raw}/inference_sharded.md",
-        f"{paper} kernels,memory,sdpa,golden,decoder,unet,train,batch_auto --compile --max_train_batch 32 "
+        f"{paper} kernels,memory,sdpa,golden,decoder,unet,train,batch_auto,attention_batch --compile --max_train_batch 32 "
         f"--json {raw}/paper_paper.json",
         f"bench/gpu_suite_report.py --raw {raw} --out {tmp_path / 'gpu.md'}",
     ]

@@ -115,3 +115,18 @@ def test_gradient_checkpointing_gives_same_gradients():
         unet(x, context, timestep=t).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in unet.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_in_batch_slices_gives_the_whole_batch_numbers_and_gradients():
+    # the temporal attention's batch (every pixel of every video) is sliced below CUDA's grid limit
+    from models.networks.unet import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(10, 2, 5, 4, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 5, 5, generator=g)
+    whole = attend(q, k, v, bias)
+    grads = torch.autograd.grad(whole.square().sum(), (q, k, v))
+    sliced = attend(q, k, v, bias, max_batch=3)  # 3 + 3 + 3 + 1
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(sliced.square().sum(), (q, k, v)), grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

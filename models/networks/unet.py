@@ -112,6 +112,20 @@ class ContinuousPositionBias(nn.Module):
         return rearrange(bias[(rel * strides).sum(-1)], "i j h -> h i j")
 
 
+# CUDA launches the memory-efficient attention kernel with one grid row per batch element, and a grid dimension
+# holds at most 65,535: past it torch falls back to the unfused kernel or fails. The temporal attention's batch is
+# every pixel of every video (batch 16 at 80x64 latents: 81,920), so it goes in slices.
+SDPA_MAX_BATCH = 65_535
+
+
+def attend(q, k, v, bias=None, *, max_batch: int = SDPA_MAX_BATCH):  # q, k, v [b, h, n, d], bias [h, n, n]
+    """`F.scaled_dot_product_attention` over at most `max_batch` batch elements at a time (each is independent)."""
+    if q.shape[0] <= max_batch:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    slices = zip(q.split(max_batch), k.split(max_batch), v.split(max_batch))
+    return torch.cat([F.scaled_dot_product_attention(*qkv, attn_mask=bias) for qkv in slices])
+
+
 class Attention(nn.Module):
     """Pre-norm multi-head self-attention with an optional additive bias; output starts at zero."""
 
@@ -131,7 +145,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         if exists(bias):
             bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = attend(q, k, v, bias)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
