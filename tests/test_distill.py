@@ -5,11 +5,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import LCMScheduler
-from test_training import encoder_dirs, tiny_config, write_projected_dataset  # noqa: F401  (a fixture among them)
+from test_training import ROOT, encoder_dirs, script_env, tiny_config, to_argv, write_projected_dataset  # noqa: F401  (a fixture among them)
 from torch import nn
 
 from models.diffusion.samplers import make_scheduler
@@ -121,6 +124,19 @@ def test_distillation_resumes_exactly_and_never_touches_the_teacher(tmp_path, en
     student = read_checkpoint(straight["checkpoint"])
     assert any(not torch.equal(student["net"][k], v) for k, v in teacher_unet.state_dict().items())  # it learned
     assert weights_digest(teacher_unet, teacher_adapter) == weights_digest(*distill.load_teacher(str(teacher))[:2])
+
+
+def test_distillation_under_torchrun_keeps_the_ranks_identical(tmp_path, encoder_dirs, teacher):  # noqa: F811
+    # DDP without static_graph (the student runs twice a step, once under no_grad), two processes over gloo
+    data = write_projected_dataset(tmp_path / "data", videos=4)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, max_steps=2, distill_from=str(teacher))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "train.py"]
+    run = subprocess.run(cmd + to_argv(cfg), cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+    summary = json.loads((Path(cfg.output_dir) / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["step"] == 2
+    assert len(set(summary["rank_weight_digests"])) == 1
+    assert read_checkpoint(Path(cfg.output_dir) / "latest.pth")["sampler"]["name"] == "lcm"
 
 
 def test_the_student_starts_as_the_teacher(tmp_path, encoder_dirs, teacher):  # noqa: F811
