@@ -407,15 +407,16 @@ def end_to_end_seconds(
 def section_compiled(bench: Bench) -> dict:
     """End to end with the UNet and the decoder compiled (inference.py --compile), per mode; the first video compiles.
 
-    'full' first, as its wrappers can be taken off again; 'regional' compiles the blocks in place, for good.
+    'full' and 'graphs' (the UNet's calls as CUDA graphs; GPU only) first, as their wrappers can be taken off again;
+    'regional' compiles the blocks in place, for good.
     """
     steps = DEFAULT_STEPS if not bench.args.smoke else 4
     pipeline = bench.ours()
     unet, decoder = pipeline.unet, pipeline.encoders.vae.decoder
     results = bench.partial.setdefault("compiled", {})  # mode by mode: a run stopped in 'regional' keeps 'full'
-    for mode in ("full", "regional"):
+    for mode in ("full", "graphs", "regional") if bench.cuda else ("full", "regional"):
         torch.compiler.reset()
-        pipeline.compile(regional=mode == "regional")
+        pipeline.compile(regional=mode == "regional", graphs=mode == "graphs")
         try:
             start = time.perf_counter()
             end_to_end_seconds(bench, pipeline, steps, repeats=1)

@@ -218,3 +218,20 @@ def test_regional_compile_gives_the_eager_video_and_compiles_once(parts):
         again = video()
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)  # pixels in [0, 1]
     assert torch.equal(again, compiled)
+
+
+def test_compile_graphs_replays_the_unets_calls_and_leaves_the_decoder_ungraphed(monkeypatch):
+    """--compile graphs: torch.compile's 'reduce-overhead' (CUDA graphs) for the UNet only; the decoder's output is
+    read by the mp4 writer's thread after the next chunk would have overwritten a graph's buffer."""
+    from models.commands.infer import build_parser
+    from models.networks import compiling
+
+    asked = []
+    monkeypatch.setattr(compiling.torch, "compile", lambda module, **options: asked.append(options) or module)
+    unet, vae = torch.nn.Linear(1, 1), torch.nn.Module()
+    vae.decoder = torch.nn.Linear(1, 1)
+    compiling.compile_unet(unet, graphs=True)
+    compiling.compile_decoder(vae)
+    compiling.compile_unet(unet)
+    assert asked == [{"mode": "reduce-overhead"}, {}, {}]
+    assert build_parser().parse_args(["--compile", "graphs"]).compile == "graphs"

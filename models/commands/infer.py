@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMPILE_MODES,
         default=None,
         help="torch.compile the UNet and the VAE decoder (pays off over many videos): each network whole "
-        f"('{COMPILE_MODES[0]}', the default) or their repeated blocks ('regional')",
+        f"('{COMPILE_MODES[0]}', the default), their repeated blocks ('regional'), or whole with the UNet's calls "
+        "replayed as CUDA graphs ('graphs')",
     )
     p.add_argument(
         "--low_memory",

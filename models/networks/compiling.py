@@ -19,8 +19,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-COMPILE_MODES = ("full", "regional")  # `inference.py --compile [MODE]`, the first the default; `regional=` below
-# (torch.compile has a `mode` option of its own)
+COMPILE_MODES = ("full", "regional", "graphs")  # `inference.py --compile [MODE]`, the first the default; 'graphs':
+# whole networks, the UNet's calls replayed as CUDA graphs (torch.compile's mode 'reduce-overhead': each step's
+# launches in one replay; on a CPU the same as 'full'). The decoder is not graphed: a replay overwrites its output
+# buffer while the mp4 writer's thread may still read the chunk before.
 # diffusers' AutoencoderKL declares no `_repeated_blocks`; its decoder's repeated block is ResnetBlock2D (14 of them
 # in SD v1-4's decoder, in 8 distinct input shapes), which holds its GroupNorms, SiLUs and 3x3 convolutions.
 DECODER_REPEATED_BLOCKS = ("ResnetBlock2D",)
@@ -52,8 +54,11 @@ def compile_regions(module: nn.Module, block_names: Iterable[str], **options) ->
     return len(blocks)
 
 
-def compile_unet(unet: nn.Module, *, regional: bool = False, **options) -> nn.Module:
-    """The UNet to call: the same module with its `_repeated_blocks` compiled, or (not `regional`) a compiled wrapper."""
+def compile_unet(unet: nn.Module, *, regional: bool = False, graphs: bool = False, **options) -> nn.Module:
+    """The UNet to call: the same module with its `_repeated_blocks` compiled, or (not `regional`) a compiled wrapper,
+    its calls replayed as CUDA graphs with `graphs`."""
+    if graphs:
+        options = {"mode": "reduce-overhead"} | options
     if not regional:
         return torch.compile(unet, **options)
     unet.compile_repeated_blocks(**options)

@@ -367,14 +367,17 @@ class FashionFlowPipeline(DiffusionPipeline):
         with self.components_on_device(*ENCODERS):
             yield self.encoders
 
-    def compile(self, *, unet: bool = True, decoder: bool = True, regional: bool = False, **options) -> FashionFlowPipeline:
+    def compile(
+        self, *, unet: bool = True, decoder: bool = True, regional: bool = False, graphs: bool = False, **options
+    ) -> FashionFlowPipeline:
         """torch.compile the UNet and/or the VAE decoder (the two costs of a video); options go to torch.compile.
 
-        Each network whole, or with `regional` their repeated blocks in place (models/networks/compiling.py). A compiled
-        decoder decodes padded chunks of one size (`static_decode_shapes`), so it compiles once.
+        Each network whole, or with `regional` their repeated blocks in place, and with `graphs` the UNet's calls as
+        CUDA graphs (models/networks/compiling.py). A compiled decoder decodes padded chunks of one size
+        (`static_decode_shapes`), so it compiles once.
         """
         if unet:
-            self.unet = compile_unet(self.unet, regional=regional, **options)
+            self.unet = compile_unet(self.unet, regional=regional, graphs=graphs, **options)
         if decoder:
             compile_decoder(self.vae, regional=regional, **options)
             self.static_decode_shapes = True

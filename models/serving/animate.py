@@ -139,14 +139,15 @@ class InputResult:
 
 
 def load_pipeline(source: ModelSource, *, compile: str | None = None) -> tuple[FashionFlowPipeline, str]:
-    """The pipeline of `source` set up for animating, and the precision it runs in. `compile` ('full' or 'regional',
+    """The pipeline of `source` set up for animating, and the precision it runs in. `compile` ('full', 'regional' or 'graphs',
     models/networks/compiling.py) compiles the UNet and the VAE decoder."""
     source = source.resolved()
     if torch.device(source.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # every video has the same shapes: autotuned kernels pay off
     pipeline = source.load()
     if compile:
-        pipeline.compile(regional=check_compile_mode(compile) == "regional")
+        mode = check_compile_mode(compile)
+        pipeline.compile(regional=mode == "regional", graphs=mode == "graphs")
     return pipeline, source.precision
 
 
