@@ -114,15 +114,29 @@ def test_model_card_lists_every_package_the_code_imports(folder):
     assert "trust_remote_code=True" in card and all(f"`{name}`" in card for name in REMOTE_CODE_PACKAGES)
 
 
-def test_plain_diffusers_loads_the_folder_without_the_repository(folder, tmp_path):
-    copied = shutil.copytree(folder, tmp_path / "copied")
+def lay_out_hub_cache(folder, cache) -> str:
+    """The hub cache's layout of `folder` as if downloaded from the hub id it returns (offline, by hand)."""
+    repo = cache / "models--you--fashionflow"
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    return "you/fashionflow"
+
+
+@pytest.mark.parametrize("where", ["folder", "hub id"])
+def test_plain_diffusers_loads_the_folder_without_the_repository(folder, tmp_path, where):
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    if where == "folder":
+        source = shutil.copytree(folder, tmp_path / "copied")
+    else:
+        source = lay_out_hub_cache(folder, tmp_path / "hub")
+        env["HF_HUB_CACHE"] = str(tmp_path / "hub")
     torch.save(photo(), tmp_path / "photo.pt")
     empty = tmp_path / "empty"
     empty.mkdir()
     script = tmp_path / "load.py"
     script.write_text(LOAD_WITHOUT_REPOSITORY)
-    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    args = [copied, tmp_path / "again", tmp_path / "photo.pt", tmp_path / "out.pt"]
+    args = [source, tmp_path / "again", tmp_path / "photo.pt", tmp_path / "out.pt"]
     run = subprocess.run([sys.executable, "-I", str(script), *map(str, args)], cwd=empty, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Expected types" not in run.stderr  # the pipeline and its loaded components share their classes
@@ -150,11 +164,8 @@ def test_folders_written_before_the_folder_carried_code_still_load(folder, tmp_p
 
 def test_a_clone_loads_a_hub_id_with_its_own_code(folder, tmp_path):
     """A hub id resolves through the hub cache (laid out here by hand, offline) and loads like the folder."""
-    repo = tmp_path / "cache" / "models--you--fashionflow"
-    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abcd")
-    pipe = FashionFlowPipeline.from_pretrained("you/fashionflow", cache_dir=tmp_path / "cache", local_files_only=True)
+    hub_id = lay_out_hub_cache(folder, tmp_path / "cache")
+    pipe = FashionFlowPipeline.from_pretrained(hub_id, cache_dir=tmp_path / "cache", local_files_only=True)
     assert type(pipe.unet).__module__ == "models.networks.unet"
     call = dict(num_frames=4, num_inference_steps=2, output_type="pt", progress=False)
     frames = pipe(photo(), generator=[sample_generator(3, 0, 0)], **call).frames
