@@ -1,7 +1,9 @@
-"""A pipeline folder carries its own code: plain diffusers loads it with `trust_remote_code=True` where this
-repository is unreachable, and makes the clone's video bit for bit; a clone loads it with its own package."""
+"""A pipeline folder carries its own code: plain diffusers loads it with `trust_remote_code=True` (from a folder
+or a hub id) in an environment with only the model card's packages, where this repository is unreachable, and
+makes the clone's video bit for bit; a clone loads it with its own package."""
 
 import ast
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -10,6 +12,8 @@ import textwrap
 
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from models.pipeline import remote_code
 from models.pipeline.convert import convert
@@ -28,12 +32,24 @@ STDLIB = set(sys.stdlib_module_names)
 
 LOAD_WITHOUT_REPOSITORY = textwrap.dedent(
     """
-    import importlib.abc, sys
-    class NoRepository(importlib.abc.MetaPathFinder):
+    import importlib.abc, importlib.machinery, importlib.metadata, importlib.util, json, re, sys
+    site, modules, distributions = json.loads(sys.argv.pop(1))
+
+    def canonical(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    class CardPackagesOnly(importlib.abc.MetaPathFinder):
+        # run with -I -S, site-packages is off sys.path: this finds the model card's packages there, nothing else
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("models", "fashionflow"):
-                raise ImportError(f"the folder's code needs {name}")
-    sys.meta_path.insert(0, NoRepository())
+            if path is None and name in modules:
+                return importlib.machinery.PathFinder.find_spec(name, [site])
+
+        def find_distributions(self, context=importlib.metadata.DistributionFinder.Context()):
+            found = importlib.machinery.PathFinder.find_distributions(type(context)(name=context.name, path=[site]))
+            return (d for d in found if canonical(d.metadata["Name"]) in distributions)
+
+    sys.meta_path.append(CardPackagesOnly())
+    assert importlib.util.find_spec("models") is None and importlib.util.find_spec("fashionflow") is None
     import torch
     from diffusers import DiffusionPipeline
     folder, saved_again, image, out = sys.argv[1:]
@@ -52,6 +68,30 @@ LOAD_WITHOUT_REPOSITORY = textwrap.dedent(
     torch.save({"frames": frames, "again": video(again)}, out)
     """
 )
+
+
+def distributions_needed(names) -> list[importlib.metadata.Distribution]:
+    """The installed distributions `names` need, theirs included (what pip would install for them)."""
+    found, todo = {}, [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found[name] = dist = importlib.metadata.distribution(name)
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return list(found.values())
+
+
+def card_environment() -> str:
+    """What the subprocess may see of this interpreter's site-packages, as JSON: the top-level modules and the
+    distributions of the model card's packages and of what they need, as if only they were installed in a venv."""
+    dists = distributions_needed(REMOTE_CODE_PACKAGES)
+    tops = {f.parts[0].split(".")[0] for d in dists for f in d.files or [] if f.parts[0] not in ("..", "__pycache__")}
+    site = str(importlib.metadata.distribution("diffusers").locate_file(""))
+    return json.dumps([site, sorted(tops), sorted(canonicalize_name(d.metadata["Name"]) for d in dists)])
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +176,9 @@ def test_plain_diffusers_loads_the_folder_without_the_repository(folder, tmp_pat
     empty.mkdir()
     script = tmp_path / "load.py"
     script.write_text(LOAD_WITHOUT_REPOSITORY)
-    args = [source, tmp_path / "again", tmp_path / "photo.pt", tmp_path / "out.pt"]
-    run = subprocess.run([sys.executable, "-I", str(script), *map(str, args)], cwd=empty, env=env, capture_output=True, text=True)
+    args = [card_environment(), source, tmp_path / "again", tmp_path / "photo.pt", tmp_path / "out.pt"]
+    command = [sys.executable, "-I", "-S", str(script), *map(str, args)]
+    run = subprocess.run(command, cwd=empty, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Expected types" not in run.stderr  # the pipeline and its loaded components share their classes
     result = torch.load(tmp_path / "out.pt")
