@@ -5,7 +5,8 @@ A warning's file and line say little here (diffusers' `deprecate` points into di
 walks the stack from where the warning was raised: walking outwards, the first frame outside the libraries is the
 caller. The call is ours when that caller is ours and one library lies between it and the warning (the one whose
 API it called, the standard library counted as one); a library calling another's deprecated API is theirs to fix,
-and its warning is dropped as before. Import machinery and decorator plumbing count as no library.
+and its warning is dropped as before, as is one a library places on its own line (C code's, such as numpy's
+complaints about the arrays a library hands it). Import machinery and decorator plumbing count as no library.
 
 `conftest.py` turns the screen on around every test (setup, call, teardown) and around collection; pyproject.toml's
 `filterwarnings` shows each deprecation every time, so each reaches the screen. Children a test starts (torchrun,
@@ -66,14 +67,20 @@ class DeprecationScreen:
         path = Path(filename).resolve()
         return path.name.startswith("fashionflow_") or any(path == p or path.is_relative_to(p) for p in self.ours)
 
-    def caller(self, frame) -> str | None:
-        """'file:line' of our call behind a warning raised in `frame`'s code, or None where the call is not ours."""
+    def caller(self, frame, filename: str, lineno: int) -> str | None:
+        """'file:line' of our call behind a warning raised in `frame`'s code and shown at `filename:lineno`, or None
+        where the call is not ours."""
+        while frame is not None and self.library(frame.f_code.co_filename) == "":
+            frame = frame.f_back
+        # a library's code that places the warning on its own line (C code's warnings, numpy's or torch's kernels',
+        # and stacklevel=1) says the line is at fault, not who called it
+        in_place = frame is not None and (frame.f_code.co_filename, frame.f_lineno) == (filename, lineno)
         crossed = set()
         while frame is not None:
-            filename = frame.f_code.co_filename
-            library = self.library(filename)
+            library = self.library(frame.f_code.co_filename)
             if library is None:
-                return f"{filename}:{frame.f_lineno}" if self.is_ours(filename) and len(crossed) <= 1 else None
+                ours = self.is_ours(frame.f_code.co_filename) and len(crossed) <= 1 and not (crossed and in_place)
+                return f"{frame.f_code.co_filename}:{frame.f_lineno}" if ours else None
             if library:
                 crossed.add(library)
             frame = frame.f_back
@@ -81,7 +88,7 @@ class DeprecationScreen:
 
     def _showwarning(self, message, category, filename, lineno, file=None, line=None):
         if issubclass(category, CATEGORIES):
-            caller = self.caller(sys._getframe(1))
+            caller = self.caller(sys._getframe(1), filename, lineno)
             if caller is not None:
                 raise category(f"{message} (deprecated call at {caller}; the suite fails on deprecations our code calls)")
             return  # a library's own: dropped, as pyproject.toml's filters did before the screen

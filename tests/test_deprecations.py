@@ -53,6 +53,8 @@ def test_the_screen_raises_only_for_our_calls_and_passes_other_warnings_on(tmp_p
         import warnings
         def old():
             warnings.warn("old() is deprecated", DeprecationWarning, stacklevel=2)
+        def complains():
+            warnings.warn("this line is deprecated", DeprecationWarning, stacklevel=1)
         def noisy():
             warnings.warn("just so you know", UserWarning, stacklevel=2)
     """)  # fmt: skip
@@ -64,5 +66,6 @@ def test_the_screen_raises_only_for_our_calls_and_passes_other_warnings_on(tmp_p
         with pytest.raises(DeprecationWarning, match=r"old\(\) is deprecated \(deprecated call at .*module\.py:2"):
             call(old["old"])
         call(other, old["old"])  # otherlib's use of oldlib: dropped
+        call(old["complains"])  # as C code warns, about the library's own line: dropped
         call(old["noisy"])
     assert [(w.category, str(w.message)) for w in shown] == [(UserWarning, "just so you know")]
