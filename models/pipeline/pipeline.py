@@ -211,7 +211,7 @@ class FashionFlowPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> FashionFlowPipeline:
-        """diffusers' loading of a pipeline folder or hub id (`torch_dtype=`, `local_files_only=`, ...).
+        """diffusers' loading of a pipeline folder or hub id (`dtype=`, `local_files_only=`, ...).
 
         Networks are built, then loaded, as `load_vae` does (`low_cpu_mem_usage=False`): accelerate's empty-weights
         loading would keep the file's unaligned tensors (see `ModelConfigFields`), and ours fit in memory twice.
