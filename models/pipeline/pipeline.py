@@ -41,7 +41,14 @@ from ..core.distributed import pick_device
 from ..core.precision import autocast, resolve_precision
 from ..core.progress import progress_bar
 from ..data.video_io import frames_to_uint8, photos_to_tensor
-from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, make_scheduler, scheduler_from_record, set_steps
+from ..diffusion.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    check_scheduler,
+    make_scheduler,
+    scheduler_from_record,
+    set_steps,
+)
 from ..diffusion.sampling import sample_latents
 from ..networks.adapter import EmbeddingAdapter
 from ..networks.checkpoint import WeightsSource, models_from_checkpoint, read_checkpoint, weights_source
@@ -151,6 +158,13 @@ class FashionFlowPipeline(DiffusionPipeline):
         self._interrupt = False
         self.static_decode_shapes = False  # pad the last decode chunk to full size (set by compile)
         self.weights_source: WeightsSource | None = None  # what the model card says of the weights (from_checkpoint's)
+
+    def __setattr__(self, name, value):
+        # every way a scheduler arrives (the constructor, from_pretrained, `pipe.scheduler = ...`) passes here, so
+        # one that cannot sample the UNet is refused by name when assigned, not by a shape error steps later
+        if name == "scheduler" and value is not None:
+            check_scheduler(value)
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------------------------------------ building
 
