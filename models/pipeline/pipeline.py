@@ -614,7 +614,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         list of them, of any size (resized as `inference.py` resizes photos, `resize_mode` 'resize' or 'crop').
 
         `num_frames` (default: the model's), `num_inference_steps` (25; `steps` is the same), `sampler` (None: the
-        pipeline's `scheduler`; or 'ddpm', 'ddim', 'dpmsolver++' over the FashionFlow betas), `generator` (None, one
+        pipeline's `scheduler`; or one of `SAMPLERS`, over the FashionFlow betas), `generator` (None, one
         for one video, or a list with one per video, image i's k-th video at i * num_videos_per_image + k),
         `latents` (the initial noise [B * num_videos_per_image, C, F, h, w]), `precision` (autocast for fp32
         weights), `progress` (None: `set_progress_bar_config` decides), `callback(step, total, latents)` and
