@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from deprecations import DeprecationScreen
 from traps import PickleTrap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,22 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+SCREEN = DeprecationScreen()
+
+
+# inside pytest's own warning capture (its wrappers run first), so what the screen passes on is reported as before
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    with SCREEN:
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with SCREEN:
+        return (yield)
 
 
 def _shared(path: Path, what: str) -> Path:

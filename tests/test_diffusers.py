@@ -150,14 +150,14 @@ def test_folder_layout(folders):
     assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_save_pretrained_round_trip_and_torch_dtype(pipe, tmp_path):
+def test_save_pretrained_round_trip_and_dtype(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     again = FashionFlowPipeline.from_pretrained(tmp_path)
     assert sorted(again.components) == sorted(COMPONENTS)
     assert again.config.preprocessing == pipe.config.preprocessing
     assert again.model_config.replace(vae="", clip="") == pipe.model_config.replace(vae="", clip="")
     assert torch.equal(video(again, photo(4)), video(pipe, photo(4)))
-    half = FashionFlowPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    half = FashionFlowPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert {getattr(half, name).dtype for name in ("unet", "adapter", "vae", "image_encoder")} == {torch.bfloat16}
 
 

@@ -1,9 +1,13 @@
-"""Samplers: diffusers schedulers over the FashionFlow betas (`trained_betas`), and their defaults.
+"""Samplers: diffusers schedulers over the FashionFlow betas (`trained_betas`), their defaults, and which other
+diffusers schedulers can sample the UNet (`scheduler_misfit`).
 
 Any step count works; `ddpm` with 1000 steps is the original's procedure, 25 steps our default.
 """
 
 from __future__ import annotations
+
+import copy
+import inspect
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
@@ -85,6 +89,59 @@ def takes_given_noise(scheduler) -> bool:
         and not config.clip_sample
         and not config.thresholding
     )
+
+
+STEP_ARGUMENTS = ("model_output", "timestep", "sample")  # what the sampling loop passes every scheduler's step
+
+
+def scheduler_misfit(scheduler) -> str | None:
+    """Why `scheduler` cannot sample the FashionFlow UNet, or None where it can.
+
+    The UNet predicts the noise (epsilon) at the 1000 timesteps of the FashionFlow betas, so a diffusers scheduler
+    fits when its step takes (model_output, timestep, sample), its noise levels (`alphas_cumprod`) are those betas'
+    (`trained_betas`), it is set to epsilon predictions and it goes from noise to data. Flow-matching, EDM,
+    consistency-model and score-SDE schedulers, inversion and inpainting schedulers and those of other model
+    families fail one of these.
+    """
+    step = getattr(scheduler, "step", None)
+    if step is None:
+        return "it has no step(model_output, timestep, sample) (a predictor-corrector sampler)"
+    needed = [
+        p.name
+        for p in inspect.signature(step).parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in STEP_ARGUMENTS
+    ]
+    if needed:
+        return f"its step needs {', '.join(needed)} besides {', '.join(STEP_ARGUMENTS)}, which this pipeline does not have"
+    if "trained_betas" not in inspect.signature(type(scheduler).__init__).parameters:
+        return "it takes no trained_betas: its noise levels are its own, not the FashionFlow betas the UNet learnt"
+    expected = torch.cumprod(1.0 - fashionflow_betas(), dim=0)
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if not isinstance(alphas_cumprod, torch.Tensor):
+        return "it keeps no alphas_cumprod: its trained_betas are not the noise levels of training timesteps"
+    if alphas_cumprod.shape != expected.shape or not torch.allclose(alphas_cumprod.float(), expected, rtol=1e-5):
+        return (
+            "its noise levels (alphas_cumprod) are not the FashionFlow betas': build it with "
+            "from_config(pipe.scheduler.config), without options that shift them (snr_shift_scale, rescale_betas_zero_snr)"
+        )
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        return f"it is set to {prediction} predictions, and the FashionFlow UNet predicts the noise (epsilon)"
+    probe = copy.deepcopy(scheduler)
+    probe.set_timesteps(min(4, len(expected)))
+    if probe.timesteps[0] < probe.timesteps[-1]:
+        return "its timesteps rise: it inverts data into noise, and sampling goes from noise to a video"
+    return None
+
+
+def check_scheduler(scheduler) -> None:
+    """Refuse, by name, a diffusers scheduler that cannot sample the FashionFlow UNet (`scheduler_misfit`)."""
+    why = scheduler_misfit(scheduler)
+    if why is not None:
+        raise ValueError(
+            f"{type(scheduler).__name__} cannot sample FashionFlow: {why}; use one of the samplers {SAMPLERS} or "
+            "another diffusers scheduler that takes trained_betas, built with from_config(pipe.scheduler.config)"
+        )
 
 
 def ddpm_step(scheduler: DDPMScheduler, eps: torch.Tensor, t, sample: torch.Tensor, noise: torch.Tensor | None):

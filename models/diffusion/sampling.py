@@ -5,6 +5,7 @@ Latent layout: [b, c, f, h, w].
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -93,6 +94,8 @@ def sample_latents(
     ahead in a thread (`PrefetchedNoise`): the same numbers, and no host synchronisation inside the loop.
     """
     timesteps = scheduler.timesteps
+    # deterministic schedulers' step (DEIS, UniPC, Heun, ...) takes no generator
+    step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     generators = [generator] if isinstance(generator, torch.Generator) else generator
     can_prefetch = bool(generators) and all(g is not None and g.device.type == "cpu" for g in generators)
     can_prefetch = can_prefetch and takes_given_noise(scheduler)
@@ -113,7 +116,7 @@ def sample_latents(
                 t_batch = torch.full((latents.shape[0],), float(t), device=latents.device)
                 eps = eps_model(scheduler.scale_model_input(latents, t), t_batch).to(latents.dtype)
                 if noise is None:
-                    latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
+                    latents = scheduler.step(eps, t, latents, **step_options).prev_sample
                 else:
                     latents = ddpm_step(scheduler, eps, t, latents, noise.next() if t > 0 else None)
                 latents = condition_first_frame(latents, first_frame)

@@ -154,7 +154,7 @@ def load_vae(name_or_path: str | Path = DEFAULT_VAE, *, device="cpu", dtype=torc
         flag="--vae",
         local_subfolder=_vae_subfolder,
         hub_subfolders=("vae", None),
-        torch_dtype=dtype,
+        dtype=dtype,
         low_cpu_mem_usage=False,
     )
     return vae.to(device)

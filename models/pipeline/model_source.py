@@ -89,4 +89,4 @@ class ModelSource:
                 f"{source.checkpoint} is a pipeline folder, which fixes its encoders, preprocessing and weights: drop "
                 f"{', '.join(given)}, or pass the checkpoint it was converted from"
             )
-        return FashionFlowPipeline.from_pretrained(source.checkpoint, torch_dtype=source.dtype).to(source.device)
+        return FashionFlowPipeline.from_pretrained(source.checkpoint, dtype=source.dtype).to(source.device)

@@ -41,7 +41,14 @@ from ..core.distributed import pick_device
 from ..core.precision import autocast, resolve_precision
 from ..core.progress import progress_bar
 from ..data.video_io import frames_to_uint8, photos_to_tensor
-from ..diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, make_scheduler, scheduler_from_record, set_steps
+from ..diffusion.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    check_scheduler,
+    make_scheduler,
+    scheduler_from_record,
+    set_steps,
+)
 from ..diffusion.sampling import sample_latents
 from ..networks.adapter import EmbeddingAdapter
 from ..networks.checkpoint import WeightsSource, models_from_checkpoint, read_checkpoint, weights_source
@@ -152,6 +159,13 @@ class FashionFlowPipeline(DiffusionPipeline):
         self.static_decode_shapes = False  # pad the last decode chunk to full size (set by compile)
         self.weights_source: WeightsSource | None = None  # what the model card says of the weights (from_checkpoint's)
 
+    def __setattr__(self, name, value):
+        # every way a scheduler arrives (the constructor, from_pretrained, `pipe.scheduler = ...`) passes here, so
+        # one that cannot sample the UNet is refused by name when assigned, not by a shape error steps later
+        if name == "scheduler" and value is not None:
+            check_scheduler(value)
+        super().__setattr__(name, value)
+
     # ------------------------------------------------------------------------------------------------ building
 
     @classmethod
@@ -211,7 +225,7 @@ class FashionFlowPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> FashionFlowPipeline:
-        """diffusers' loading of a pipeline folder or hub id (`torch_dtype=`, `local_files_only=`, ...).
+        """diffusers' loading of a pipeline folder or hub id (`dtype=`, `local_files_only=`, ...).
 
         Networks are built, then loaded, as `load_vae` does (`low_cpu_mem_usage=False`): accelerate's empty-weights
         loading would keep the file's unaligned tensors (see `ModelConfigFields`), and ours fit in memory twice.
@@ -600,7 +614,7 @@ class FashionFlowPipeline(DiffusionPipeline):
         list of them, of any size (resized as `inference.py` resizes photos, `resize_mode` 'resize' or 'crop').
 
         `num_frames` (default: the model's), `num_inference_steps` (25; `steps` is the same), `sampler` (None: the
-        pipeline's `scheduler`; or 'ddpm', 'ddim', 'dpmsolver++' over the FashionFlow betas), `generator` (None, one
+        pipeline's `scheduler`; or one of `SAMPLERS`, over the FashionFlow betas), `generator` (None, one
         for one video, or a list with one per video, image i's k-th video at i * num_videos_per_image + k),
         `latents` (the initial noise [B * num_videos_per_image, C, F, h, w]), `precision` (autocast for fp32
         weights), `progress` (None: `set_progress_bar_config` decides), `callback(step, total, latents)` and
