@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -154,8 +153,6 @@ def fit_tiny_vae(
     weights = figure_weights(frames, figure_boost)
     vae = build_tiny_vae(seed).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    # cosine decay to zero: the last steps settle the weights instead of jittering them at full lr
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     g = torch.Generator().manual_seed(seed)
     bar = progress_bar(range(steps), desc="fit tiny VAE", disable=not progress)
     for _ in bar:
@@ -168,7 +165,6 @@ def fit_tiny_vae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        schedule.step()
         bar.set_postfix(mse=f"{mse.item():.4f}")
     vae.eval()
     with torch.no_grad():
