@@ -6,17 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.data.synthetic import clip_params, render_clip
 from models.data.video_io import read_video_frames
 from models.evaluation.metrics import psnr, ssim
 from models.serving.quickstart import (
+    LABELS,
     METHODS,
     QuickstartConfig,
     closing_message,
     figure_weights,
     garment_colour_error,
+    garment_colour_errors,
     motion_magnitude,
+    rotate_hues,
     run,
 )
 
@@ -60,7 +64,14 @@ def test_outputs_are_playable_files(short_run):
     assert (work / "encoders" / "vae" / "config.json").is_file() and (work / "encoders" / "clip" / "config.json").is_file()
     assert json.loads((result / "report.json").read_text())["methods"].keys() == set(METHODS)
     md = (result / "report.md").read_text()
-    assert all(f"| {method} |" in md for method in METHODS)
+    assert all(f"| {LABELS.get(method, method)} |" in md for method in METHODS)
+    assert "| ground truth through the VAE |" in md and "| method | frame 1 | frame 2 |" in md
+    frames = report["frames"]
+    for row in report["methods"].values():
+        assert len(row["garment_colour_error_per_frame"]) == len(row["psnr_per_frame"]) == frames - 1
+    grid = Image.open(report["grid"])
+    assert grid.size[0] > frames * SIZE[1] and grid.size[1] > 2 * 4 * SIZE[0]  # 2 clips x 4 rows, 8 frames a row
+    assert "grid.png" in md
     assert f"Measured on {report['machine']}, seed 0: this run took" in md and "torch threads" in report["machine"]
     message = closing_message(cfg, report)
     assert str(result / "report.md") in message and "tensorboard --logdir" in message and "--vae DIR" in message
@@ -76,6 +87,7 @@ def test_report_numbers_are_computed_from_the_videos(short_run):
             "trained": read_video_frames(rows["trained"][index]["video"]),
             "untrained": read_video_frames(rows["untrained"][index]["video"]),
             "static": truth[:1].repeat(8, 1, 1, 1),
+            "vae": read_video_frames(rows["vae"][index]["video"]),
         }
         for method, video in videos.items():
             row = rows[method][index]
@@ -84,6 +96,9 @@ def test_report_numbers_are_computed_from_the_videos(short_run):
             colour_error = garment_colour_error(video[1:], truth[1:], masks[1:])
             assert row["garment_colour_error"] == pytest.approx(colour_error, rel=1e-5)
             assert row["motion"] == pytest.approx(motion_magnitude(video), rel=1e-5)
+            per_frame = garment_colour_errors(video[1:], truth[1:], masks[1:])
+            assert row["garment_colour_error_per_frame"] == pytest.approx(per_frame, rel=1e-5)
+            assert row["psnr_per_frame"] == pytest.approx(psnr(video[1:], truth[1:]).tolist(), rel=1e-5)
     assert rows["static"][0]["motion"] == 0
     assert report["input_frame_scored"] is False and "frame 0, the conditioning image itself, left out" in report["scored_frames"]
     means = report["methods"]["trained"]
@@ -139,10 +154,21 @@ def test_opt_in_distillation_adds_the_students_row(short_run, tmp_path):
     cfg, _ = short_run
     cfg = dataclasses.replace(cfg, distill=True, distill_train_steps=2, result_dir=str(tmp_path / "result"))
     report = run(cfg)
-    assert list(report["methods"]) == ["trained", "untrained", "student", "static"]
+    assert list(report["methods"]) == ["trained", "untrained", "student", "static", "vae"]
     videos = sorted((tmp_path / "result" / "student").glob("*_sample0.mp4"))
     assert len(videos) == 2 and read_video_frames(videos[0]).shape == (8, 3, *SIZE)
     sidecar = json.loads(videos[0].with_suffix(".json").read_text())
     assert (sidecar["sampler"], sidecar["steps"]) == ("lcm", 4)
     assert "| student |" in (tmp_path / "result" / "report.md").read_text()
     assert (Path(cfg.workdir) / "student" / "checkpoint" / "latest.pth").is_file()
+
+
+def test_rotate_hues_turns_colours_and_keeps_greys():
+    frames = torch.rand(6, 3, 4, 5) * 2 - 1
+    assert torch.equal(rotate_hues(frames, torch.Generator().manual_seed(0), 0.0), frames)
+    grey = torch.full((3, 3, 2, 2), 0.4)
+    assert torch.allclose(rotate_hues(grey, torch.Generator().manual_seed(0), 1.0), grey, atol=1e-6)
+    red = torch.tensor([0.6, -0.6, -0.6]).view(1, 3, 1, 1).repeat(8, 1, 1, 1)
+    turned = rotate_hues(red, torch.Generator().manual_seed(0), 1.0)
+    assert not torch.allclose(turned, red, atol=0.05)  # hues moved
+    assert torch.allclose(turned.mean(1), red.mean(1), atol=1e-5)  # brightness kept (nothing clamped here)

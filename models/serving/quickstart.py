@@ -12,7 +12,8 @@ Stages, each through the code path a paper-scale run uses, each skipped on a rer
    `project_latent_space.py`, `train.py` and `inference.py` call (`projection.project`, `training.train`,
    `animate.animate`);
 4. a report (`report.md`, `report.json` beside the videos): PSNR/SSIM against the ground truth, garment
-   colour error and motion magnitude, for trained, untrained and a static copy of the input frame.
+   colour error and motion magnitude, for trained, untrained, a static copy of the input frame and the ground
+   truth through the VAE (the decoder's ceiling); per-frame colour error and PSNR; `grid.png`, every clip's frames.
 The exit status is 1 when the trained model does not clearly beat the untrained one or moves implausibly.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,10 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..evaluation.metrics import psnr as metric_psnr
 from ..evaluation.scoring import ScoredFrames, mean_psnr_ssim
 
-METHODS = ("trained", "untrained", "static")
+METHODS = ("trained", "untrained", "static", "vae")
 STUDENT = "student"  # the report's row of the distilled student (--distill)
+VAE_ROW = "vae"  # the ground truth encoded and decoded by the tiny VAE: what its decoder allows at best
+LABELS = {VAE_ROW: "ground truth through the VAE"}  # report rows named other than by their key
+GRID_SCALE = 2  # the picture's pixels per video pixel
 MOTION_RANGE = (0.25, 4.0)  # generated / ground-truth motion counted as plausible
 CLEAR_MARGIN_DB = 1.0  # how much higher the trained model's PSNR must be than the untrained one's
 SCORED = ScoredFrames()  # the evaluation protocol's default: frame 0, the input, is not scored
@@ -54,6 +60,7 @@ class QuickstartConfig:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_figure_boost: float = 12.0  # extra weight of the figure's pixels in the VAE's reconstruction loss
+    vae_hue_share: float = 0.0  # share of the VAE's fitting frames shown with their hues turned (rotate_hues)
     train_steps: int = 1200
     batch_size: int = 4
     lr: float = 1e-3
@@ -112,9 +119,24 @@ def figure_weights(frames: torch.Tensor, boost: float, threshold: float = 0.1) -
     return 1 + boost * ((frames - backdrop).abs().amax(1, keepdim=True) > threshold).float()
 
 
+def rotate_hues(frames: torch.Tensor, generator: torch.Generator, share: float) -> torch.Tensor:
+    """`share` of `frames [N, 3, H, W]` (on [-1, 1]) with their colours turned about the grey axis by a random angle.
+
+    A turn about the grey axis keeps each pixel's brightness and greyness and moves its hue round the colour wheel,
+    so a few dozen synthetic garments become garments of every hue (values past [-1, 1] are clamped).
+    """
+    angle = torch.rand(len(frames), generator=generator) * 2 * math.pi
+    angle = torch.where(torch.rand(len(frames), generator=generator) < share, angle, torch.zeros_like(angle))
+    axis = torch.full((3,), 3**-0.5)
+    cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    turn = cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(axis, axis)  # Rodrigues, [N, 3, 3]
+    return torch.einsum("nij,njhw->nihw", turn, frames).clamp(-1, 1)
+
+
 def fit_tiny_vae(
     videos: list[Path], *, size, steps: int, batch: int, lr: float, kl_weight: float, figure_boost: float, seed: int,
-    progress=True,
+    hue_share: float = 0.0, progress=True,
 ):  # fmt: skip
     """A tiny AutoencoderKL fitted to the frames of `videos` (reconstruction + a small KL term), eval mode.
 
@@ -136,7 +158,7 @@ def fit_tiny_vae(
     bar = progress_bar(range(steps), desc="fit tiny VAE", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(frames), (min(batch, len(frames)),), generator=g)
-        x = frames[idx]
+        x = rotate_hues(frames[idx], g, hue_share) if hue_share else frames[idx]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
         mse = ((recon - x) ** 2 * weights[idx]).mean()
@@ -169,6 +191,7 @@ def build_encoders(cfg: QuickstartConfig, train_videos: list[Path], size) -> dic
         lr=cfg.vae_lr,
         kl_weight=cfg.vae_kl_weight,
         figure_boost=cfg.vae_figure_boost,
+        hue_share=cfg.vae_hue_share,
         seed=cfg.seed,
         progress=cfg.progress,
     )
@@ -290,25 +313,53 @@ def motion_magnitude(video: torch.Tensor) -> float:
     return float((video[1:] - video[:-1]).abs().mean() * 255)
 
 
-def garment_colour_error(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> float:
-    """Mean RGB distance (0-255) between the garment's mean colour in `video` and in `truth`, over their frames.
+def garment_colour_errors(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> list[float]:
+    """Per frame, the RGB distance (0-255) between the garment's mean colour in `video` and in `truth`.
 
-    Both means are taken over the ground truth's visible-garment pixels of each frame (`masks [F, H, W]`).
+    Both means are taken over the ground truth's visible-garment pixels of each frame (`masks [F, H, W]`); a frame
+    without any is NaN.
     """
     errors = []
     for t in range(len(truth)):
         mask = torch.from_numpy(masks[t])
-        if mask.any():
-            errors.append(torch.linalg.vector_norm(video[t][:, mask].mean(1) - truth[t][:, mask].mean(1)) * 255)
-    return float(torch.stack(errors).mean()) if errors else float("nan")
+        distance = torch.linalg.vector_norm(video[t][:, mask].mean(1) - truth[t][:, mask].mean(1)) * 255
+        errors.append(float(distance) if mask.any() else float("nan"))
+    return errors
+
+
+def garment_colour_error(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray) -> float:
+    """`garment_colour_errors` averaged over the frames that show the garment (NaN where none does)."""
+    errors = [e for e in garment_colour_errors(video, truth, masks) if not np.isnan(e)]
+    return float(np.mean(errors)) if errors else float("nan")
 
 
 def score_video(video: torch.Tensor, truth: torch.Tensor, masks: np.ndarray, scored: ScoredFrames) -> dict:
     """Per-video scores of `video` against `truth` (`[F, 3, H, W]` in [0, 1]) on the scored frames; the motion
-    is the whole clip's, frame 0 included, since a jump away from the input is motion too."""
+    is the whole clip's, frame 0 included, since a jump away from the input is motion too. The per-frame lists
+    hold the scored frames' PSNR and colour error in order, so drift over the clip shows."""
     psnr, ssim = mean_psnr_ssim(video, truth, scored)
-    colour_error = garment_colour_error(scored.select(video), scored.select(truth), masks[scored.first :])
-    return {"psnr": psnr, "ssim": ssim, "garment_colour_error": colour_error, "motion": motion_magnitude(video)}
+    chosen, truth_chosen, masks_chosen = scored.select(video), scored.select(truth), masks[scored.first :]
+    colour_errors = garment_colour_errors(chosen, truth_chosen, masks_chosen)
+    return {
+        "psnr": psnr,
+        "ssim": ssim,
+        "garment_colour_error": garment_colour_error(chosen, truth_chosen, masks_chosen),
+        "motion": motion_magnitude(video),
+        "psnr_per_frame": metric_psnr(chosen, truth_chosen).tolist(),
+        "garment_colour_error_per_frame": colour_errors,
+    }
+
+
+def vae_reconstruction(cfg: QuickstartConfig, truth: torch.Tensor, path: Path) -> Path:
+    """`truth [F, 3, H, W]` encoded (posterior mean) and decoded by the quickstart's VAE, written to `path` as an mp4
+    the way generated videos are, so its row shows what the decoder and the video file allow at best."""
+    from ..data.video_io import write_mp4
+    from ..networks.encoders import FrozenEncoders
+
+    encoders = FrozenEncoders.from_pretrained(vae=str(cfg.vae_dir), clip=None, preprocessing="standard")
+    latents = encoders.encode_posterior(truth).mode() * encoders.latent_scale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_mp4(encoders.decode_latents(latents), path)
 
 
 def held_out_truth(cfg: QuickstartConfig, source: Path, start: int, frames: int, size) -> tuple[torch.Tensor, np.ndarray]:
@@ -322,30 +373,39 @@ def held_out_truth(cfg: QuickstartConfig, source: Path, start: int, frames: int,
     return truth, masks[start:]
 
 
-def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict:
-    """Scores of every method on every test clip, their means, and the verdicts."""
+def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size, *, grid: Path | None = None) -> dict:
+    """Scores of every method on every test clip, their means, and the verdicts; with `grid`, also the picture of
+    every clip's frames there (`comparison_grid`)."""
     from ..data.video_io import read_video_frames
 
-    methods = [*videos, "static"]  # trained, untrained (and the student), then the still input
+    methods = [*videos, "static", VAE_ROW]  # trained, untrained (and the student), the still input, the VAE's ceiling
     per_video = {method: [] for method in methods}
-    truth_motion = []
+    truth_motion, shown = [], []
     for index, trained_path in enumerate(videos["trained"]):
         sidecar = json.loads(trained_path.with_suffix(".json").read_text())
         source, start, frames = Path(sidecar["source"]), sidecar["start_frame"], sidecar["frames"]
         truth, masks = held_out_truth(cfg, source, start, frames, size)
         truth_motion.append(motion_magnitude(truth))
-        paths = {method: made[index] for method, made in videos.items()} | {"static": source}
-        candidates = {method: read_video_frames(paths[method], size=size) for method in videos}
+        reconstruction = trained_path.parent.parent / VAE_ROW / f"{source.stem}.mp4"
+        if not reconstruction.is_file():
+            vae_reconstruction(cfg, truth, reconstruction)
+        paths = {method: made[index] for method, made in videos.items()} | {"static": source, VAE_ROW: reconstruction}
+        candidates = {method: read_video_frames(paths[method], size=size) for method in [*videos, VAE_ROW]}
         candidates["static"] = truth[:1].expand_as(truth)
         for method, video in candidates.items():
             scores = score_video(video, truth, masks, SCORED)
             per_video[method].append({"video": str(paths[method]), **scores})
+        shown.append({"ground truth": truth, **{m: candidates[m] for m in (VAE_ROW, *videos)}})
+    if grid is not None:
+        comparison_grid(shown, grid)
 
     gt_motion = float(np.mean(truth_motion))
     summary = {}
     for method, rows in per_video.items():
         means = {key: float(np.mean([r[key] for r in rows])) for key in ("psnr", "ssim", "garment_colour_error", "motion")}
         means["motion_ratio"] = means["motion"] / gt_motion
+        for key in ("psnr_per_frame", "garment_colour_error_per_frame"):
+            means[key] = np.nanmean([r[key] for r in rows], axis=0).tolist()
         summary[method] = means
     trained, untrained, static = summary["trained"], summary["untrained"], summary["static"]
     verdicts = {
@@ -363,6 +423,43 @@ def evaluate(cfg: QuickstartConfig, videos: dict[str, list[Path]], size) -> dict
         "verdicts": verdicts,
         **SCORED.record(),
     }
+
+
+def comparison_grid(clips: list[dict[str, torch.Tensor]], path: Path) -> Path:
+    """One PNG of every clip: a row per video (`name -> [F, 3, H, W]` in [0, 1]: ground truth first, whose frame 0
+    is the input photo, then each method's), a column per frame, a row's name at its left and a gap between clips."""
+    from PIL import Image, ImageDraw
+
+    from ..data.video_io import frames_to_uint8
+
+    frames, height, width = next(iter(clips[0].values())).shape[0], *next(iter(clips[0].values())).shape[-2:]
+    cell_h, cell_w, label_w, gap = height * GRID_SCALE, width * GRID_SCALE, 150, 2
+    rows = sum(len(clip) for clip in clips)
+    canvas = Image.new("RGB", (label_w + frames * (cell_w + gap), rows * (cell_h + gap) + len(clips) * 3 * gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for clip in clips:
+        for name, video in clip.items():
+            draw.text((4, y + cell_h // 2 - 6), LABELS.get(name, name), fill="black")
+            for t, frame in enumerate(frames_to_uint8(video[:frames])):
+                tile = Image.fromarray(frame).resize((cell_w, cell_h), Image.NEAREST)
+                canvas.paste(tile, (label_w + t * (cell_w + gap), y))
+            y += cell_h + gap
+        y += 3 * gap
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def _per_frame_table(methods: dict, key: str, first: int, digits: int) -> list[str]:
+    count = len(next(iter(methods.values()))[key])
+    lines = [
+        "| method | " + " | ".join(f"frame {first + i}" for i in range(count)) + " |",
+        "| --- |" + " ---: |" * count,
+    ]
+    for method, r in methods.items():
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(f"{v:.{digits}f}" for v in r[key]) + " |")
+    return lines
 
 
 def report_markdown(report: dict) -> str:
@@ -388,14 +485,27 @@ def report_markdown(report: dict) -> str:
     for method in m:
         r = m[method]
         lines.append(
-            f"| {method} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['garment_colour_error']:.1f} | {r['motion']:.2f} | "
-            f"{r['motion_ratio']:.2f} |"
+            f"| {LABELS.get(method, method)} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['garment_colour_error']:.1f} | "
+            f"{r['motion']:.2f} | {r['motion_ratio']:.2f} |"
         )
     lines += [
         f"| ground truth | | | | {report['ground_truth_motion']:.2f} | 1.00 |",
         "",
         "Garment colour error: distance (0-255 RGB) between the mean colour inside the ground truth's garment mask "
-        "in the generated and the real frame. Motion: mean absolute change between consecutive frames (0-255).",
+        "in the generated and the real frame. Motion: mean absolute change between consecutive frames (0-255). "
+        "Ground truth through the VAE: the real frames encoded and decoded by the quickstart's VAE, the best the "
+        "decoder allows.",
+        "",
+        "Garment colour error per frame (mean over the clips; drift shows as a rising row):",
+        "",
+        *_per_frame_table(m, "garment_colour_error_per_frame", report["first_scored_frame"], 1),
+        "",
+        "PSNR (dB) per frame:",
+        "",
+        *_per_frame_table(m, "psnr_per_frame", report["first_scored_frame"], 2),
+        "",
+        f"Every clip's frames side by side: `{report['grid']}` (rows: ground truth, whose frame 0 is the input photo, "
+        "then each method).",
         "",
         f"- trained clearly beats untrained (PSNR +{CLEAR_MARGIN_DB:g} dB or more, higher SSIM, lower colour "
         f"error): **{'yes' if v['trained_beats_untrained'] else 'NO'}**",
@@ -441,8 +551,10 @@ def run(cfg: QuickstartConfig) -> dict:
         student = distill(cfg, trained, cfg.work / "fashion_dataset_tensor")
         videos[STUDENT] = animate(cfg, student, result / STUDENT, sampler="lcm", steps=cfg.student_steps)
     size = _tiny_image_size()
-    report = evaluate(cfg, videos, size)
+    report = evaluate(cfg, videos, size, grid=result / "grid.png")
     report.update(
+        grid=str(result / "grid.png"),
+        first_scored_frame=SCORED.first,
         test_clips=len(videos["trained"]),
         frames=json.loads(videos["trained"][0].with_suffix(".json").read_text())["frames"],
         size=list(size),
