@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -60,7 +59,6 @@ class QuickstartConfig:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_figure_boost: float = 12.0  # extra weight of the figure's pixels in the VAE's reconstruction loss
-    vae_hue_share: float = 0.0  # share of the VAE's fitting frames shown with their hues turned (rotate_hues)
     train_steps: int = 1200
     batch_size: int = 4
     lr: float = 1e-3
@@ -119,24 +117,9 @@ def figure_weights(frames: torch.Tensor, boost: float, threshold: float = 0.1) -
     return 1 + boost * ((frames - backdrop).abs().amax(1, keepdim=True) > threshold).float()
 
 
-def rotate_hues(frames: torch.Tensor, generator: torch.Generator, share: float) -> torch.Tensor:
-    """`share` of `frames [N, 3, H, W]` (on [-1, 1]) with their colours turned about the grey axis by a random angle.
-
-    A turn about the grey axis keeps each pixel's brightness and greyness and moves its hue round the colour wheel,
-    so a few dozen synthetic garments become garments of every hue (values past [-1, 1] are clamped).
-    """
-    angle = torch.rand(len(frames), generator=generator) * 2 * math.pi
-    angle = torch.where(torch.rand(len(frames), generator=generator) < share, angle, torch.zeros_like(angle))
-    axis = torch.full((3,), 3**-0.5)
-    cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    turn = cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(axis, axis)  # Rodrigues, [N, 3, 3]
-    return torch.einsum("nij,njhw->nihw", turn, frames).clamp(-1, 1)
-
-
 def fit_tiny_vae(
     videos: list[Path], *, size, steps: int, batch: int, lr: float, kl_weight: float, figure_boost: float, seed: int,
-    hue_share: float = 0.0, progress=True,
+    progress=True,
 ):  # fmt: skip
     """A tiny AutoencoderKL fitted to the frames of `videos` (reconstruction + a small KL term), eval mode.
 
@@ -158,7 +141,7 @@ def fit_tiny_vae(
     bar = progress_bar(range(steps), desc="fit tiny VAE", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(frames), (min(batch, len(frames)),), generator=g)
-        x = rotate_hues(frames[idx], g, hue_share) if hue_share else frames[idx]
+        x = frames[idx]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
         mse = ((recon - x) ** 2 * weights[idx]).mean()
@@ -191,7 +174,6 @@ def build_encoders(cfg: QuickstartConfig, train_videos: list[Path], size) -> dic
         lr=cfg.vae_lr,
         kl_weight=cfg.vae_kl_weight,
         figure_boost=cfg.vae_figure_boost,
-        hue_share=cfg.vae_hue_share,
         seed=cfg.seed,
         progress=cfg.progress,
     )
