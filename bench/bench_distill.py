@@ -69,6 +69,10 @@ def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default=str(ROOT / "quickstart"), help="the quickstart's folder (teacher, data)")
     p.add_argument("--seed", type=int, default=0, help="the quickstart's seed")
+    p.add_argument(
+        "--train_steps", type=int, default=None,
+        help="the teacher's training steps (default: the quickstart's; a shorter run there is resumed to it)",
+    )  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="videos per held-out clip and configuration")
     p.add_argument("--original_seeds", type=int, default=1, help="of those, for the 1000-step original procedure (slow)")
     p.add_argument(
@@ -83,6 +87,8 @@ def main(argv=None) -> Path:
     from models.serving.quickstart import QuickstartConfig, _tiny_image_size, build_trained_model, distill, held_out_truth
 
     cfg = QuickstartConfig(workdir=args.workdir, seed=args.seed, progress=False)
+    if args.train_steps is not None:
+        cfg.train_steps = args.train_steps
     teacher_path, _, tests = build_trained_model(cfg)
     latents, seconds = cfg.work / "fashion_dataset_tensor", {}
     started = time.perf_counter()
@@ -128,6 +134,7 @@ def main(argv=None) -> Path:
         values["motion_ratio"] = values["motion"] / gt_motion
     result = {
         "device": device_name(torch.device("cpu")),
+        "teacher_train_steps": cfg.train_steps,
         "checkpoints": {model: str(path) for model, path in paths.items()},
         "distill_train_steps": args.distill_train_steps,
         "progressive_chain": list(PROGRESSIVE_CHAIN),
@@ -172,7 +179,8 @@ def report(result: dict, with_lpips: bool) -> str:
         "# Few-step students against their teacher",
         "",
         f"Written by `bench/bench_distill.py` on {time.strftime('%Y-%m-%d')}, on {result['device']} (tiny models: timings",
-        "compare configurations of this run only). Teacher: the quickstart's trained tiny model; students: distilled",
+        "compare configurations of this run only). Teacher: the quickstart's tiny model trained for",
+        f"{result['teacher_train_steps']} steps; students: distilled",
         f"from it for {result['distill_train_steps']} steps in all (`train.py --distill_from`): by latent consistency",
         "distillation (`--distill_method consistency`) and by progressive distillation (`--distill_method progressive`,",
         f"rounds {' -> '.join(map(str, result['progressive_chain']))}, {result['progressive_steps_per_round']} steps each,",
