@@ -1,5 +1,6 @@
-"""Few-step students (train.py --distill_from): the consistency-distillation target against the papers' equations,
-exact resume, a teacher that never changes, and students whose checkpoint and folder carry their sampler."""
+"""Few-step students (train.py --distill_from): the consistency- and progressive-distillation targets against the
+papers' equations, exact resume, a teacher that never changes, and students whose checkpoint and folder carry their
+sampler."""
 
 import dataclasses
 import hashlib
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import LCMScheduler
+from diffusers import DDIMScheduler, LCMScheduler
 from test_training import ROOT, encoder_dirs, script_env, tiny_config, to_argv, write_projected_dataset  # noqa: F401  (a fixture among them)
 from torch import nn
 
@@ -91,6 +92,81 @@ def test_scalings_and_timesteps_are_lcm_schedulers():
     drawn = set(objective.sample_timesteps(4000, generator=torch.Generator().manual_seed(0)).tolist())
     assert drawn == set(range(19, 1000, 20))  # the skipping schedule LCMScheduler samples from
     assert set(scheduler.timesteps.tolist()) <= drawn
+
+
+def expected_progressive_loss(x0, noise, t, *, steps, student_w, teacher_w) -> float:
+    """One round of progressive distillation for one video, written from Salimans & Ho 2022 (Algorithm 2) and
+    DDIMScheduler's trailing grid (float64): two teacher DDIM steps on the 2N grid, the x-target, the student's
+    implied x0, the truncated-SNR weight max(SNR, 1), summed over the free frames."""
+    ab = NoiseSchedule().alphas_cumprod.double()
+    x0, noise = x0.double(), noise.double()
+
+    def alpha_bar(s):  # DDIMScheduler(set_alpha_to_one=True): past the last step alpha_bar is 1
+        return ab[s] if s >= 0 else torch.tensor(1.0, dtype=torch.float64)
+
+    def clean_first(x):
+        x = x.clone()
+        x[:, :, 0] = x0[:, :, 0]
+        return x
+
+    teacher_grid = [round(1000 - i * 1000 / (2 * steps)) - 1 for i in range(2 * steps)]  # trailing spacing
+    z_t = clean_first(ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * noise)
+    z = z_t
+    for s in teacher_grid[teacher_grid.index(t) :][:2]:  # t -> t' -> t''
+        eps = teacher_w * z
+        x0_teacher = (z - (1 - ab[s]).sqrt() * eps) / ab[s].sqrt()
+        a_prev = alpha_bar(s - 1000 // (2 * steps))  # DDIMScheduler.step's previous timestep
+        z = clean_first(a_prev.sqrt() * x0_teacher + (1 - a_prev).sqrt() * eps)
+    alpha, sigma = ab[t].sqrt(), (1 - ab[t]).sqrt()
+    a_target = alpha_bar(t - 1000 // steps)
+    alpha_2, sigma_2 = a_target.sqrt(), (1 - a_target).sqrt()
+    x_tilde = (z - sigma_2 / sigma * z_t) / (alpha_2 - sigma_2 / sigma * alpha)
+    x0_student = (z_t - sigma * student_w * z_t) / alpha
+    weight = max(ab[t] / (1 - ab[t]), 1.0)
+    return (weight * (x0_student - x_tilde) ** 2)[:, :, 1:].mean(dim=(0, 1, 3, 4)).sum().item()
+
+
+# steps 4: the 8-step teacher grid divides 1000; steps 16: the 32-step one does not (937 -> 906, then 905 -> 874);
+# 249 and 61: the last step, which lands on x0 (alpha_bar 1)
+@pytest.mark.parametrize(("steps", "t"), [(4, 999), (4, 249), (16, 937), (16, 61)])
+def test_progressive_loss_follows_the_papers_equations(steps, t):
+    g = torch.Generator().manual_seed(t)
+    x0, noise = torch.randn(1, 4, 5, 3, 2, generator=g), torch.randn(1, 4, 5, 3, 2, generator=g)
+    objective = distill.ProgressiveDistillation(
+        LinearEps(0.3), PassContext(), LinearEps(0.7), PassContext(), NoiseSchedule(), steps
+    )
+    loss = objective(x0, torch.zeros(1, 2, 3), torch.zeros(1, 4, 3, 2), torch.tensor([t]), noise)
+    expected = expected_progressive_loss(x0, noise, t, steps=steps, student_w=0.3, teacher_w=0.7)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 16])
+def test_one_student_ddim_step_on_the_target_is_two_teacher_steps_of_ddim_scheduler(steps):
+    """With the teacher's two steps taken by diffusers' DDIMScheduler at 2N steps, the eps implied by the target
+    x~ makes DDIMScheduler's one step at N steps land on the same latent, at every timestep of the grid; the
+    training grid and step are DDIMScheduler's own, and the student's timesteps are its grid."""
+    student, teacher = make_scheduler("ddim", steps), make_scheduler("ddim", 2 * steps)
+    assert isinstance(student, DDIMScheduler)
+    ab = NoiseSchedule().alphas_cumprod
+    g = torch.Generator().manual_seed(steps)
+    for n, t in enumerate(student.timesteps):
+        assert teacher.timesteps[2 * n] == t
+        z_t = torch.randn(2, 4, 3, 2, generator=g)
+        z = z_t
+        for s in teacher.timesteps[2 * n : 2 * n + 2]:
+            eps = 0.6 * z + 0.1
+            stepped = teacher.step(eps, s, z).prev_sample
+            grid_t, grid_prev = distill.ddim_grid(2 * steps)
+            prev = grid_prev[grid_t == s]
+            assert torch.allclose(distill.ddim_step(z, eps, s.view(1), prev, ab), stepped, atol=1e-6)
+            z = stepped
+        prev = distill.ddim_grid(steps)[1][n].view(1)
+        target = distill.progressive_target(z_t, z, ab[t].view(1), distill.alpha_bar_at(ab, prev))
+        eps_student = (z_t - ab[t].sqrt() * target) / (1 - ab[t]).sqrt()
+        assert torch.allclose(student.step(eps_student, t, z_t).prev_sample, z, atol=1e-4)
+    objective = distill.ProgressiveDistillation(LinearEps(0), PassContext(), LinearEps(0), PassContext(), NoiseSchedule(), steps)
+    drawn = set(objective.sample_timesteps(400, generator=torch.Generator().manual_seed(0)).tolist())
+    assert drawn == set(student.timesteps.tolist())
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +257,45 @@ def test_a_students_checkpoint_and_folder_sample_with_its_sampler(student, tmp_p
     a = from_file(image, num_frames=4, output_type="pt", progress=False, generator=generator).frames
     b = from_folder(image, num_frames=4, output_type="pt", progress=False, generator=[sample_generator(0, 0, 0)]).frames
     assert torch.equal(a, b)
+
+
+def test_progressive_rounds_resume_exactly_chain_and_never_touch_the_teacher(tmp_path, encoder_dirs, teacher):  # noqa: F811
+    before = sha256(teacher)
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(
+        tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, distill_from=str(teacher), distill_method="progressive",
+        distill_steps=2,
+    )  # fmt: skip
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "a"), max_steps=4))
+    train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=2))
+    resumed = train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=4))
+    assert straight["rank_weight_digests"] == resumed["rank_weight_digests"]
+    assert sha256(teacher) == before
+    ckpt = read_checkpoint(straight["checkpoint"])
+    assert ckpt["sampler"] == {"name": "ddim", "steps": 2}
+    assert not [key for key in ckpt if "teacher" in key]
+    teacher_unet, _, _ = distill.load_teacher(str(teacher))
+    assert any(not torch.equal(ckpt["net"][k], v) for k, v in teacher_unet.state_dict().items())  # it learned
+    pipe = FashionFlowPipeline.from_checkpoint(straight["checkpoint"], device="cpu")
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.default_steps == 2 and count_steps(pipe) == 2
+    # the next round: the 2-step student is the teacher of a 1-step one, and stays as it was
+    first_round = sha256(Path(straight["checkpoint"]))
+    chained = train(
+        dataclasses.replace(
+            base, output_dir=str(tmp_path / "c"), max_steps=1, distill_from=straight["checkpoint"], distill_steps=1
+        )
+    )
+    assert read_checkpoint(chained["checkpoint"])["sampler"] == {"name": "ddim", "steps": 1}
+    assert sha256(Path(straight["checkpoint"])) == first_round
+
+
+def test_progressive_steps_are_checked(tmp_path, encoder_dirs, teacher):  # noqa: F811
+    data = write_projected_dataset(tmp_path / "data", videos=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, distill_from=str(teacher), distill_method="progressive", distill_steps=501)
+    with pytest.raises(ValueError, match="--distill_steps must be between 1 and 500"):
+        train(cfg)
+    with pytest.raises(ValueError, match="--distill_method"):
+        train(dataclasses.replace(cfg, distill_method="halving", distill_steps=4))
 
 
 def test_a_teacher_can_be_a_pipeline_folder_in_half_precision(tmp_path, encoder_dirs, teacher):  # noqa: F811

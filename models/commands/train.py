@@ -68,8 +68,12 @@ HELP = {
     "progress": "show a progress bar on rank 0 (refreshed at most every few seconds when the output is not a terminal)",
     "export_safetensors": "also write <output_dir>/final.safetensors at the end",
     "distill_from": "distil a few-step student from this teacher (a checkpoint of either format or a pipeline folder) "
-    "instead of training with the original objective; the student starts as the teacher and samples with LCMScheduler",
-    "distill_steps": "the student's default sampling steps (1 to 50), recorded in its checkpoint",
+    "instead of training with the original objective; the student starts as the teacher (see --distill_method)",
+    "distill_steps": "the student's default sampling steps, recorded in its checkpoint (1 to 50 for consistency; for "
+    "progressive, N of one halving round: the teacher samples with DDIM at 2N steps, the student at N)",
+    "distill_method": "consistency: latent consistency distillation, the student samples with LCMScheduler; "
+    "progressive: one round of progressive distillation (Salimans & Ho 2022), the student samples with DDIMScheduler "
+    "at --distill_steps; chain rounds by distilling from the previous student with half its steps",
     "teacher_precision": "the frozen teacher's weights: fp32, bf16 or fp16 (half precision saves memory and time)",
 }
 CHOICES = {
@@ -95,8 +99,10 @@ ARG_TYPES = {"batch_size": batch_size_arg}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..training.distill import METHODS
     from ..training.loop import TrainConfig
 
+    choices = CHOICES | {"distill_method": METHODS}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(TrainConfig):
         default = field.default
@@ -108,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                 f"--{field.name}",
                 type=ARG_TYPES.get(field.name, TYPES[kind]),
                 default=default,
-                choices=CHOICES.get(field.name),
+                choices=choices.get(field.name),
                 help=f"{HELP[field.name]} (default: {default})",
             )
     add_local_rank_argument(parser)

@@ -231,13 +231,17 @@ def train(cfg: QuickstartConfig, latents: Path) -> Path:
     return _train_run(cfg, latents, cfg.work, cfg.train_steps, "training", lr=cfg.lr)
 
 
-def distill(cfg: QuickstartConfig, teacher: Path, latents: Path, *, steps: int | None = None) -> Path:
-    """What `train.py --distill_from <trained> --distill_steps <student_steps>` does: a few-step student of the
-    trained model on the same latents, in `workdir/student/`."""
-    what = f"distilling a {cfg.student_steps}-step student from {teacher}"
+def distill(
+    cfg: QuickstartConfig, teacher: Path, latents: Path, *, steps: int | None = None, method: str = "consistency",
+    student_steps: int | None = None, folder: str = "student",
+) -> Path:  # fmt: skip
+    """What `train.py --distill_from <trained> --distill_steps <student_steps> --distill_method <method>` does: a
+    few-step student of `teacher` on the same latents, in `workdir/<folder>/`."""
+    student_steps = student_steps or cfg.student_steps
+    what = f"distilling a {student_steps}-step student from {teacher} ({method})"
     return _train_run(
-        cfg, latents, cfg.work / "student", steps or cfg.distill_train_steps, what,
-        lr=cfg.distill_lr, distill_from=str(teacher), distill_steps=cfg.student_steps,
+        cfg, latents, cfg.work / folder, steps or cfg.distill_train_steps, what, lr=cfg.distill_lr,
+        distill_from=str(teacher), distill_steps=student_steps, distill_method=method,
     )  # fmt: skip
 
 

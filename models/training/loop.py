@@ -48,7 +48,7 @@ from ..networks.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from .distill import SKIP, DistillationObjective, load_teacher, student_sampler
+from .distill import METHODS, distillation_objective, load_teacher, most_steps, student_sampler
 from .report import checkpoint_line, loss_line, start_block, summary_block, validation_line
 from .step_tuning import MAX_AUTO_BATCH, StepProbe, StepSettings, apply_checkpointing, default_budget_bytes, tune_step_settings
 from .validation import validation_loss
@@ -104,6 +104,7 @@ class TrainConfig:
     # distillation (models/training/distill.py): a few-step student of a trained model, instead of the original objective
     distill_from: str | None = None  # the teacher: a checkpoint of either format or a pipeline folder; None = no
     distill_steps: int = 4  # the student's default sampling steps, recorded in its checkpoint
+    distill_method: str = "consistency"  # or "progressive": one halving round, the teacher at 2 x distill_steps
     teacher_precision: str = "fp32"  # the frozen teacher's weights: fp32, bf16 or fp16
 
 
@@ -255,7 +256,9 @@ def check_config(cfg: TrainConfig, env: DistEnv) -> None:
         raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.distill_from is not None:
         check_precision(cfg.teacher_precision, "--teacher_precision")
-        most = NoiseSchedule().num_steps // SKIP
+        if cfg.distill_method not in METHODS:
+            raise ValueError(f"--distill_method must be one of {METHODS}, got {cfg.distill_method!r}")
+        most = most_steps(cfg.distill_method)
         if not 1 <= cfg.distill_steps <= most:
             raise ValueError(f"--distill_steps must be between 1 and {most}, got {cfg.distill_steps}")
         if not Path(cfg.distill_from).exists():
@@ -393,7 +396,8 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
     """A video from one photo with the project's pipeline: TensorBoard GIF and an mp4 in `sample_dir`."""
     from ..pipeline.pipeline import FashionFlowPipeline
 
-    default = student_sampler(cfg.distill_steps) if cfg.distill_from else {}  # a student samples as it will be used
+    # a student samples as it will be used
+    default = student_sampler(cfg.distill_steps, cfg.distill_method) if cfg.distill_from else {}
     sampler, steps = cfg.sample_sampler or default.get("name"), cfg.sample_steps or default.get("steps")
     options = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
     pipeline = FashionFlowPipeline.from_parts(unet, adapter, encoders)
@@ -504,7 +508,7 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
     if teacher is None:
         objective = TrainingObjective(unet, adapter, NoiseSchedule())
     else:
-        objective = DistillationObjective(unet, adapter, teacher[0], teacher[1], NoiseSchedule())
+        objective = distillation_objective(cfg.distill_method, unet, adapter, teacher, NoiseSchedule(), cfg.distill_steps)
     objective = objective.to(env.device).train()
     model = objective
     if env.distributed:
@@ -797,7 +801,7 @@ def save_run(run: TrainingRun) -> None:
             loss=run.loss,
             validation={"last": run.val_last, "best": run.val_best},
             train_config=asdict(run.cfg),
-            sampler=student_sampler(run.cfg.distill_steps) if run.cfg.distill_from else None,
+            sampler=student_sampler(run.cfg.distill_steps, run.cfg.distill_method) if run.cfg.distill_from else None,
             step_settings=run.step_settings,
         )
         point_latest(output_dir, run.last_saved)
