@@ -184,14 +184,20 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_distillation_resumes_exactly_and_never_touches_the_teacher(tmp_path, encoder_dirs, teacher):  # noqa: F811
-    before = sha256(teacher)
-    data = write_projected_dataset(tmp_path / "data", videos=3)
-    base = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, distill_from=str(teacher))
+def train_straight_and_resumed(base, tmp_path) -> dict:
+    """Four steps straight, and two then two more resumed: the same weights; the straight run's summary."""
     straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "a"), max_steps=4))
     train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=2))
     resumed = train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=4))
     assert straight["rank_weight_digests"] == resumed["rank_weight_digests"]
+    return straight
+
+
+def test_distillation_resumes_exactly_and_never_touches_the_teacher(tmp_path, encoder_dirs, teacher):  # noqa: F811
+    before = sha256(teacher)
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, distill_from=str(teacher))
+    straight = train_straight_and_resumed(base, tmp_path)
     assert sha256(teacher) == before
     ckpt = read_checkpoint(straight["checkpoint"])
     assert ckpt["sampler"] == {"name": "lcm", "steps": 4, "original_inference_steps": 50}
@@ -266,10 +272,7 @@ def test_progressive_rounds_resume_exactly_chain_and_never_touch_the_teacher(tmp
         tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, distill_from=str(teacher), distill_method="progressive",
         distill_steps=2,
     )  # fmt: skip
-    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "a"), max_steps=4))
-    train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=2))
-    resumed = train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=4))
-    assert straight["rank_weight_digests"] == resumed["rank_weight_digests"]
+    straight = train_straight_and_resumed(base, tmp_path)
     assert sha256(teacher) == before
     ckpt = read_checkpoint(straight["checkpoint"])
     assert ckpt["sampler"] == {"name": "ddim", "steps": 2}
