@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDIMScheduler, LCMScheduler
-from test_training import ROOT, encoder_dirs, script_env, tiny_config, to_argv, write_projected_dataset  # noqa: F401  (a fixture among them)
+from test_training import (  # noqa: F401  (a fixture among them)
+    ROOT,
+    encoder_dirs,
+    script_env,
+    tiny_config,
+    to_argv,
+    train_straight_and_resumed,
+    write_projected_dataset,
+)
 from torch import nn
 
 from models.diffusion.samplers import make_scheduler
@@ -182,15 +190,6 @@ def teacher(tmp_path_factory, encoder_dirs):  # noqa: F811
 
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def train_straight_and_resumed(base, tmp_path) -> dict:
-    """Four steps straight, and two then two more resumed: the same weights; the straight run's summary."""
-    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "a"), max_steps=4))
-    train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=2))
-    resumed = train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=4))
-    assert straight["rank_weight_digests"] == resumed["rank_weight_digests"]
-    return straight
 
 
 def test_distillation_resumes_exactly_and_never_touches_the_teacher(tmp_path, encoder_dirs, teacher):  # noqa: F811

@@ -136,9 +136,19 @@ def assert_same_weights(a: dict, b: dict, atol=1e-6):
     assert worst <= atol, f"weights differ by up to {worst}"
 
 
-def test_two_processes_with_torchrun(tmp_path, encoder_dirs):
+def train_straight_and_resumed(base, tmp_path) -> dict:
+    """Four steps straight, and two then two more resumed: the same weights; the straight run's summary."""
+    straight = train(dataclasses.replace(base, output_dir=str(tmp_path / "a"), max_steps=4))
+    train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=2))
+    resumed = train(dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=4))
+    assert straight["rank_weight_digests"] == resumed["rank_weight_digests"]
+    return straight
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16_master"])  # bf16_master: DDP all-reduces bf16 gradients
+def test_two_processes_with_torchrun(tmp_path, encoder_dirs, precision):
     data = write_projected_dataset(tmp_path / "data", videos=8)
-    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=3, checkpoint_every=2)
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=3, checkpoint_every=2, precision=precision)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "train.py"]
     run = subprocess.run(cmd + to_argv(cfg), cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-4000:]
@@ -217,9 +227,32 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, encoder_dirs):
     assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(Path(resumed["checkpoint"])))
 
 
-def test_loss_falls_on_learnable_data(tmp_path, encoder_dirs):
+def test_bf16_master_resumes_exactly_and_saves_fp32_masters_that_load_strictly(tmp_path, encoder_dirs):
+    data = write_projected_dataset(tmp_path / "data", videos=3)
+    base = tiny_config(
+        tmp_path, data, encoder_dirs, batch_size=1, lr=1e-3, precision="bf16_master", grad_checkpointing=True,
+        checkpoint_levels="0",
+    )  # fmt: skip
+    straight = train_straight_and_resumed(base, tmp_path)
+    ckpt = read_checkpoint(straight["checkpoint"])
+    assert ckpt["train_config"]["precision"] == "bf16_master"
+    weights = [*ckpt["net"].values(), *ckpt["adapter"].values(), *ckpt["ema"]["net"].values()]
+    moments = [v for state in ckpt["opt"]["state"].values() for v in state.values()]
+    assert {t.dtype for t in weights + moments} == {torch.float32}
+    # masters, not bf16 weights widened: AdamW's steps of ~1e-3 fall between bf16's values
+    assert any(not torch.equal(w, w.bfloat16().float()) for w in ckpt["net"].values())
+    unet, adapter = build_models(get_preset("tiny"))
+    unet.load_state_dict(ckpt["net"]), adapter.load_state_dict(ckpt["adapter"])  # strict
+    assert weights_digest(unet, adapter) == straight["rank_weight_digests"][0]
+    assert_same_weights(final_weights(Path(straight["checkpoint"])), final_weights(tmp_path / "b" / "latest.pth"), atol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16_master"])
+def test_loss_falls_on_learnable_data(tmp_path, encoder_dirs, precision):
     data = write_projected_dataset(tmp_path / "data", videos=8, learnable=True)
-    cfg = tiny_config(tmp_path, data, encoder_dirs, batch_size=4, lr=2e-3, max_steps=50, log_every=5, ema_decay=0.0)
+    cfg = tiny_config(
+        tmp_path, data, encoder_dirs, batch_size=2, lr=2e-3, max_steps=50, log_every=5, ema_decay=0.0, precision=precision
+    )
     train(cfg)
     losses = [v for _, v in read_scalars(Path(cfg.log_dir), "train/loss")]
     assert len(losses) == 10

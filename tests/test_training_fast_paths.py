@@ -1,5 +1,5 @@
 """The training step's fast paths give the eager, all-or-nothing numbers (issue 24, item 5): selective
-checkpointing, fused AdamW and the compiled step, each on a tiny network on the CPU."""
+checkpointing, fused AdamW, the compiled step and bf16 weights with fp32 masters, each on a tiny network on the CPU."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from models.core.config import get_preset  # noqa: E402
 from models.diffusion.schedule import NoiseSchedule  # noqa: E402
 from models.networks.checkpoint import build_models  # noqa: E402
 from models.training.loop import TrainConfig, TrainingObjective, checkpoint_levels, make_optimizer  # noqa: E402
+from models.training.master_weights import trained_copy  # noqa: E402
 
 
 def tiny_objective(**config):
@@ -85,6 +86,48 @@ def test_fused_adamw_makes_the_update_of_foreach():
     assert make_optimizer(objective.parameters(), lr=1e-3, weight_decay=0, impl="auto").defaults["fused"] is False  # CPU
     with pytest.raises(ValueError, match="--adamw must be one of"):
         make_optimizer(objective.parameters(), lr=1e-3, weight_decay=0, impl="apex")
+
+
+def global_relative_error(grads: dict, reference: dict) -> float:
+    flat = torch.cat([grads[name].float().flatten() for name in reference])
+    expected = torch.cat([g.float().flatten() for g in reference.values()])
+    return ((flat - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_a_bf16_master_update_is_fp32_adamws_on_the_bf16_gradients(impl):
+    masters = tiny_objective()
+    half = trained_copy(masters, "bf16_master")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    inputs = batch()
+    loss, grads = loss_and_grads(masters, masters, inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_loss, autocast_grads = loss_and_grads(masters, masters, inputs)
+    half_loss, half_grads = loss_and_grads(half, half, inputs)
+    # bf16's tolerance: the loss as fp32's, the gradients as bf16 autocast's (which differ from fp32's by ~20% here)
+    torch.testing.assert_close(half_loss.float(), loss, rtol=1e-3, atol=0)
+    assert global_relative_error(half_grads, autocast_grads) < 0.05
+    assert abs(global_relative_error(half_grads, grads) - global_relative_error(autocast_grads, grads)) < 0.02
+
+    reference = copy.deepcopy(masters)
+    for name, p in reference.named_parameters():
+        p.grad = half_grads[name].float()
+    plain = make_optimizer(reference.parameters(), lr=1e-3, weight_decay=0.01, impl=impl)
+    opt = make_optimizer(masters.parameters(), lr=1e-3, weight_decay=0.01, impl=impl, model_params=half.parameters())
+    masters.zero_grad(set_to_none=True)  # the masters' gradients come from the bf16 copy only
+    plain.step(), opt.step()
+    for (name, expected), master, p in zip(reference.named_parameters(), masters.parameters(), half.parameters()):
+        assert master.dtype == torch.float32, name
+        torch.testing.assert_close(master, expected, rtol=0, atol=0, msg=name)
+        assert torch.equal(p, master.to(torch.bfloat16)), name
+    state, expected_state = opt.state_dict(), plain.state_dict()
+    assert state["param_groups"] == expected_state["param_groups"]
+    for index, moments in expected_state["state"].items():
+        for key, value in moments.items():
+            assert state["state"][index][key].dtype == torch.float32
+            torch.testing.assert_close(state["state"][index][key], value, rtol=0, atol=0)
+    opt.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in [*half.parameters(), *masters.parameters()])
 
 
 @pytest.mark.skipif(os.environ.get("TORCH_COMPILE_DISABLE") == "1", reason="torch.compile disabled")

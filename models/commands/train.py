@@ -18,7 +18,7 @@ import dataclasses
 from ..core.cli import run_command
 from ..core.config import PREPROCESSING_MODES, PRESETS
 from ..core.distributed import add_local_rank_argument
-from ..core.precision import PRECISIONS
+from ..core.precision import PRECISIONS, TRAINING_PRECISIONS
 
 HELP = {
     "dataset_vae": "folder of projected latents written by project_latent_space.py",
@@ -42,7 +42,9 @@ HELP = {
     "warmup_steps": "linear learning-rate warm-up steps (0 = constant learning rate, as the original)",
     "grad_clip": "clip the global gradient norm to this value (default off, as the original)",
     "ema_decay": "decay of the EMA weights used for samples and exports (0 = no EMA)",
-    "precision": "fp32, bf16 or fp16 autocast (fp16 needs a GPU and uses a GradScaler)",
+    "precision": "fp32, bf16 or fp16 autocast (fp16 needs a GPU and uses a GradScaler), or bf16_master: bf16 weights "
+    "and gradients without autocast, fp32 master weights and AdamW state in the optimizer (checkpoints hold the fp32 "
+    "masters)",
     "grad_checkpointing": "recompute UNet activations in the backward pass to save memory",
     "checkpoint_levels": "with --grad_checkpointing, the UNet levels recomputed: 'all', or a comma list of levels "
     "counted from the top (highest resolution) and 'mid', e.g. '0' or '0,1' (the top levels hold most activations)",
@@ -79,10 +81,10 @@ HELP = {
 CHOICES = {
     "preset": sorted(PRESETS),
     "preprocessing": PREPROCESSING_MODES,
-    "precision": sorted(PRECISIONS),
+    "precision": TRAINING_PRECISIONS,
+    "teacher_precision": sorted(PRECISIONS),
     "adamw": ("auto", "fused", "foreach"),
 }
-CHOICES["teacher_precision"] = CHOICES["precision"]
 TYPES = {"str": str, "int": int, "float": float}
 
 

@@ -8,6 +8,10 @@ import warnings
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# training only: the networks' weights and gradients in the named precision (no autocast, so no per-op casts), fp32
+# master weights and AdamW state in the optimizer (Micikevicius et al. 2018, "Mixed Precision Training")
+MASTER_PRECISIONS = {"bf16_master": "bf16"}
+TRAINING_PRECISIONS = (*sorted(PRECISIONS), *sorted(MASTER_PRECISIONS))
 
 
 def check_precision(precision: str, flag: str = "precision") -> torch.dtype:
@@ -15,6 +19,18 @@ def check_precision(precision: str, flag: str = "precision") -> torch.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"{flag} must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
+
+
+def check_training_precision(precision: str, flag: str = "--precision") -> str:
+    """`precision` when training knows it, else a ValueError naming `flag` and the choices."""
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"{flag} must be one of {list(TRAINING_PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def compute_precision(precision: str) -> str:
+    """The precision a training precision computes in: a master-weight mode's networks' (bf16_master: bf16)."""
+    return MASTER_PRECISIONS.get(precision, precision)
 
 
 def default_precision(device: torch.device) -> str:

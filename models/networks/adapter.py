@@ -38,6 +38,8 @@ class EmbeddingAdapter(ModelMixin, ConfigMixin, ModelConfigFields):
             self.linear1.weight.copy_(torch.eye(n, n + c))
 
     def forward(self, clip_hidden, vae_latent):
+        dtype = self.vae2clip.weight.dtype  # half-precision weights train without autocast (--precision bf16_master)
+        clip_hidden, vae_latent = clip_hidden.to(dtype), vae_latent.to(dtype)
         latent_tokens = self.vae2clip(rearrange(self.pool(vae_latent), "b c h w -> b c (h w)"))  # [b, c, d]
         tokens = torch.cat((clip_hidden, latent_tokens), dim=1)  # [b, n + c, d]
         return rearrange(self.linear1(rearrange(tokens, "b n d -> b d n")), "b d n -> b n d")

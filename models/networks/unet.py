@@ -459,7 +459,8 @@ class SpaceTimeUnet(ModelMixin, ConfigMixin, ModelConfigFields):
             raise ValueError("pass a timestep exactly when the model is timestep-conditioned")
         t = self.embed_timestep(rearrange(timestep, "... -> (...)")) if exists(timestep) else None
 
-        x = self.conv_in(x)
+        # inputs in the weights' dtype: half-precision weights train without autocast (--precision bf16_master)
+        x = self.conv_in(x.to(self.conv_in.spatial_conv.weight.dtype))
         skips = []
         for level, (init_block, blocks, self_attn, downsample, cross_attn) in enumerate(self.downs):
             level = str(level)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from ..core.config import DEFAULT_FPS, ModelConfig, get_preset
 from ..core.distributed import DistEnv, all_gather_objects, all_reduce_mean, barrier, cleanup_distributed, setup_distributed
 from ..core.outputs import RunLock, ensure_writable_dir
-from ..core.precision import PRECISIONS, check_precision
+from ..core.precision import MASTER_PRECISIONS, PRECISIONS, autocast, check_precision, check_training_precision, compute_precision
 from ..core.progress import progress_bar
 from ..data.dataset import unet_layout
 from ..data.video_io import encode_gif, write_mp4
@@ -49,6 +49,7 @@ from ..networks.checkpoint import (
     unwrap,
 )
 from .distill import METHODS, distillation_objective, load_teacher, most_steps, student_sampler
+from .master_weights import MasterWeightAdamW, trained_copy
 from .report import checkpoint_line, loss_line, start_block, summary_block, validation_line
 from .step_tuning import MAX_AUTO_BATCH, StepProbe, StepSettings, apply_checkpointing, default_budget_bytes, tune_step_settings
 from .validation import validation_loss
@@ -80,7 +81,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up, then constant (the original: constant, no warm-up)
     grad_clip: float | None = None  # max global gradient norm; None or 0 = off (the original has none)
     ema_decay: float = 0.9999  # 0 = no EMA; ramped up as min(decay, (1 + n) / (10 + n)) over the first updates
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler) | bf16_master (bf16 weights, fp32 masters)
     grad_checkpointing: bool = False
     checkpoint_levels: str = "all"  # with grad_checkpointing: 'all' or the UNet levels recomputed, e.g. '0,1' or '0,mid'
     adamw: str = "auto"  # auto (fused on CUDA, foreach elsewhere) | fused | foreach
@@ -238,7 +239,7 @@ def claim_outputs(cfg: TrainConfig):
 
 
 def check_config(cfg: TrainConfig, env: DistEnv) -> None:
-    check_precision(cfg.precision, "--precision")
+    check_training_precision(cfg.precision, "--precision")
     if cfg.adamw not in ADAMW_IMPLEMENTATIONS:
         raise ValueError(f"--adamw must be one of {ADAMW_IMPLEMENTATIONS}, got {cfg.adamw!r}")
     if cfg.precision == "fp16" and env.device.type == "cpu":
@@ -370,14 +371,18 @@ def evaluating(*modules: nn.Module):
 ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach")
 
 
-def make_optimizer(params, *, lr: float, weight_decay: float, impl: str = "auto") -> torch.optim.AdamW:
+def make_optimizer(params, *, lr: float, weight_decay: float, impl: str = "auto", model_params=None) -> torch.optim.AdamW:
     """AdamW with one fused kernel per update (`impl='fused'`), or the multi-tensor `foreach` one (torch's default);
-    'auto' fuses when the parameters are on a GPU."""
+    'auto' fuses when the parameters are on a GPU. With `model_params` (their half-precision copies in the network
+    that runs) `params` are fp32 master weights (`MasterWeightAdamW`)."""
     params = list(params)
     if impl not in ADAMW_IMPLEMENTATIONS:
         raise ValueError(f"--adamw must be one of {ADAMW_IMPLEMENTATIONS}, got {impl!r}")
     fused = impl == "fused" or (impl == "auto" and all(p.device.type == "cuda" for p in params))
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True)
+    options = dict(lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True)
+    if model_params is not None:
+        return MasterWeightAdamW(params, model_params=model_params, **options)
+    return torch.optim.AdamW(params, **options)
 
 
 def checkpoint_levels(cfg: TrainConfig) -> list[str] | None:
@@ -387,8 +392,10 @@ def checkpoint_levels(cfg: TrainConfig) -> list[str] | None:
     return [level.strip() for level in cfg.checkpoint_levels.split(",") if level.strip()]
 
 
-def training_autocast(cfg: TrainConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=PRECISIONS[cfg.precision], enabled=cfg.precision != "fp32")
+def training_autocast(cfg: TrainConfig, device: torch.device, weights_dtype: torch.dtype = torch.float32):
+    """Autocast in the run's precision around networks of `weights_dtype`: none around bf16_master's bf16 networks,
+    bf16 around fp32 ones (its masters and EMA, when validating)."""
+    return autocast(device, compute_precision(cfg.precision), weights_dtype)
 
 
 @torch.no_grad()
@@ -406,7 +413,7 @@ def write_sample(cfg: TrainConfig, writer, unet, adapter, encoders, config: Mode
             image[None],
             generator=torch.Generator().manual_seed(cfg.seed),
             progress=False,
-            precision=cfg.precision,
+            precision=compute_precision(cfg.precision),
             num_frames=config.resolve_frames(cfg.frames),
             output_type="pt",
             **options,
@@ -464,7 +471,13 @@ class TrainingRun:
 
     @property
     def params(self) -> list[nn.Parameter]:
-        return [p for p in self.objective.parameters() if p.requires_grad]
+        """The optimizer's weights: the objective's trainable ones, or with --precision bf16_master their fp32 masters."""
+        return [p for group in self.opt.param_groups for p in group["params"]]
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype of the networks the forward and backward run."""
+        return next(self.objective.parameters()).dtype
 
     @property
     def sample_weights(self) -> tuple[nn.Module, nn.Module]:
@@ -495,8 +508,9 @@ def choose_resume(cfg: TrainConfig, env: DistEnv, say) -> tuple[Path | None, dic
 
 def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: dict | None, path, teacher=None) -> dict:
     """UNet and adapter (seeded, so identical on every rank; the checkpoint's live weights on resume, a fresh
-    student the teacher's), the objective (the original's, or distillation from `teacher`), its DDP wrapper,
-    AdamW, the learning-rate schedule, the fp16 gradient scaler and the EMA."""
+    student the teacher's), the objective (the original's, or distillation from `teacher`) over them or, with
+    --precision bf16_master, over their bf16 copies (training/master_weights.py), its DDP wrapper, AdamW (over the
+    fp32 UNet and adapter, the masters), the learning-rate schedule, the fp16 gradient scaler and the EMA."""
     torch.manual_seed(cfg.seed)
     unet, adapter = build_models(config)
     if ckpt is not None:
@@ -504,11 +518,13 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
     elif teacher is not None:
         unet.load_state_dict({k: v.float() for k, v in teacher[0].state_dict().items()})
         adapter.load_state_dict({k: v.float() for k, v in teacher[1].state_dict().items()})
-    unet.enable_gradient_checkpointing(cfg.grad_checkpointing, levels=checkpoint_levels(cfg))
+    unet, adapter = unet.to(env.device), adapter.to(env.device)
+    trained = [trained_copy(module, cfg.precision) for module in (unet, adapter)]  # the masters themselves, or bf16
+    trained[0].enable_gradient_checkpointing(cfg.grad_checkpointing, levels=checkpoint_levels(cfg))
     if teacher is None:
-        objective = TrainingObjective(unet, adapter, NoiseSchedule())
+        objective = TrainingObjective(*trained, NoiseSchedule())
     else:
-        objective = distillation_objective(cfg.distill_method, unet, adapter, teacher, NoiseSchedule(), cfg.distill_steps)
+        objective = distillation_objective(cfg.distill_method, *trained, teacher, NoiseSchedule(), cfg.distill_steps)
     objective = objective.to(env.device).train()
     model = objective
     if env.distributed:
@@ -523,7 +539,11 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
     if cfg.compile:
         model = torch.compile(model)  # the backward too (AOTAutograd); DDP's buckets split the graph
     params = [p for p in objective.parameters() if p.requires_grad]
-    opt = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, impl=cfg.adamw)
+    masters = [p for module in (unet, adapter) for p in module.parameters() if p.requires_grad]
+    opt = make_optimizer(
+        masters if cfg.precision in MASTER_PRECISIONS else params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        impl=cfg.adamw, model_params=params if cfg.precision in MASTER_PRECISIONS else None,
+    )  # fmt: skip
     warmup = (lambda s: min(1.0, (s + 1) / cfg.warmup_steps)) if cfg.warmup_steps > 0 else (lambda s: 1.0)
     return dict(
         unet=unet,
@@ -575,7 +595,8 @@ def settle_step_settings(cfg: TrainConfig, env: DistEnv, trainables: dict, encod
     if record is not None:
         say(f"step settings of the checkpoint resumed: {StepSettings(**record['chosen']).describe()}")
     else:
-        objective, unet, config = trainables["objective"], trainables["unet"], trainables["config"]
+        objective, config = trainables["objective"], trainables["config"]
+        unet = objective.unet  # the network that runs: with --precision bf16_master the masters' bf16 copy
         shape = dict(
             channels=config.channels,
             frames=dataset.frames,
@@ -583,8 +604,9 @@ def settle_step_settings(cfg: TrainConfig, env: DistEnv, trainables: dict, encod
             context_tokens=config.context_tokens,
             context_dim=config.context_dim,
         )
-        resident = [objective, encoders, *getattr(objective, "teacher", ())]
-        autocast = training_autocast(cfg, env.device)
+        masters = [trainables["unet"], trainables["adapter"]]  # the objective's own networks but with bf16_master
+        resident = [objective, *masters, encoders, *getattr(objective, "teacher", ())]
+        autocast = training_autocast(cfg, env.device, next(objective.parameters()).dtype)
         probe = StepProbe(objective, unet, resident=resident, shape=shape, autocast=autocast, device=env.device)
         budget = round(cfg.memory_budget * 2**30) if cfg.memory_budget else default_budget_bytes(env.device)
         record = tune_step_settings(
@@ -597,7 +619,7 @@ def settle_step_settings(cfg: TrainConfig, env: DistEnv, trainables: dict, encod
         )
         record = all_gather_objects(record)[0]  # every rank trains with rank 0's choice
     chosen = StepSettings(**record["chosen"])
-    apply_checkpointing(trainables["unet"], chosen.checkpointing)
+    apply_checkpointing(trainables["objective"].unet, chosen.checkpointing)
     levels = "all" if chosen.checkpointing in ("off", "all") else chosen.checkpointing
     cfg = replace(cfg, batch_size=chosen.batch_size, grad_checkpointing=chosen.checkpointing != "off", checkpoint_levels=levels)
     return cfg, record
@@ -686,7 +708,7 @@ def accumulate_gradients(run: TrainingRun, batches) -> dict:
     """Forward and backward over `grad_accum` micro-batches; the loss's mean (and whether it was finite) over
     ranks, the clip names, the last conditioning image and where the data stands after them."""
     cfg, dev = run.cfg, run.env.device
-    autocast = training_autocast(cfg, dev)
+    autocast = training_autocast(cfg, dev, run.weights_dtype)
     loss_sum, names, waited = torch.zeros((), device=dev), [], 0.0
     for micro in range(cfg.grad_accum):
         asked = time.perf_counter()
@@ -716,6 +738,8 @@ def optimizer_step(run: TrainingRun, result: dict, nonfinite_run: int) -> tuple[
     row); returns the gradient norm and the new count of consecutive skipped steps."""
     cfg = run.cfg
     run.scaler.unscale_(run.opt)
+    if isinstance(run.opt, MasterWeightAdamW):
+        run.opt.take_grads()  # the bf16 gradients into the fp32 masters', so the norm and the clipping are fp32
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip or math.inf)
     # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its scale
     if result["finite"] and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm))):
