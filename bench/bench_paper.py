@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.core.config import DEFAULT_FPS, get_preset  # noqa: E402
-from models.core.precision import PRECISIONS  # noqa: E402
+from models.core.precision import MASTER_PRECISIONS, PRECISIONS, autocast, compute_precision  # noqa: E402
 from models.core.profiling import memory_kind, peak_memory_mb, reset_peak_memory, synchronize, timed  # noqa: E402
 from models.data.video_io import Mp4Writer, write_mp4  # noqa: E402
 from models.diffusion.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, ORIGINAL_STEPS, make_scheduler  # noqa: E402
@@ -71,6 +71,7 @@ from models.networks.checkpoint import build_models  # noqa: E402
 from models.networks.encoders import FrozenEncoders  # noqa: E402
 from models.pipeline.pipeline import LOW_MEMORY_DECODE_CHUNK, FashionFlowPipeline  # noqa: E402
 from models.training.loop import TrainingObjective, make_optimizer  # noqa: E402
+from models.training.master_weights import trained_copy  # noqa: E402
 
 STUDENT_STEPS = 4  # the few-step student's default (models/training/loop.py TrainConfig.distill_steps)
 # the order of --sections all; the compiling ones last
@@ -747,13 +748,14 @@ def train_step_figures(
 ) -> dict:  # fmt: skip
     """One AdamW step of the training objective at `batch` x frames, fresh models; seconds of the last step (and of
     the first, which compiles when `compiled`). `levels`: the UNet levels checkpointed (None: all); `adamw`: foreach
-    (torch's default on a GPU, the original's) or fused."""
+    (torch's default on a GPU, the original's) or fused; `precision` bf16_master: a bf16 copy trains, fp32 masters."""
     dev, config = bench.device, bench.config
     torch.manual_seed(0)
-    unet, adapter = build_models(config)
-    unet.enable_gradient_checkpointing(checkpointing, levels=levels)
-    objective = TrainingObjective(unet, adapter, NoiseSchedule()).to(dev).train()
-    opt = make_optimizer(objective.parameters(), lr=1e-4, weight_decay=0.01, impl=adamw)
+    masters = TrainingObjective(*build_models(config), NoiseSchedule()).to(dev).train()
+    objective = trained_copy(masters, precision)  # the masters themselves but with bf16_master
+    objective.unet.enable_gradient_checkpointing(checkpointing, levels=levels)
+    model_params = list(objective.parameters()) if precision in MASTER_PRECISIONS else None
+    opt = make_optimizer(masters.parameters(), lr=1e-4, weight_decay=0.01, impl=adamw, model_params=model_params)
     model = torch.compile(objective) if compiled else objective
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(batch, config.channels, bench.frames, *config.latent_size, generator=g).to(dev)
@@ -761,13 +763,13 @@ def train_step_figures(
     image_latent = latents[:, :, 0].clone()
     noise = torch.randn(latents.shape, generator=g).to(dev)
     t = torch.randint(0, 1000, (batch,), generator=g).to(dev)
-    autocast = torch.autocast(dev.type, dtype=HALF.get(precision, torch.float32), enabled=precision != "fp32")
+    cast = autocast(dev, compute_precision(precision), next(objective.parameters()).dtype)
     times = {}
     reset_peak_memory(dev)
     try:
         for step in range(steps):
             with timed(dev, times, "first" if step == 0 else "s"):
-                with autocast:
+                with cast:
                     loss = model(latents, clip_hidden, image_latent, t, noise)
                 loss.backward()
                 opt.step()
@@ -780,20 +782,24 @@ def train_step_figures(
             "loss": loss.item(),
         }
     finally:
-        del objective, model, opt, unet, adapter
+        del objective, masters, model, opt
         if bench.cuda:
             torch.cuda.empty_cache()
 
 
 def train_settings(b: int, *, compiled: bool) -> dict:
     """The training settings compared at batch `b`: the original's, ours before issue 24 (every level checkpointed),
-    and checkpointing only where memory needs it with fused AdamW, eager and (with --compile) compiled."""
+    and checkpointing only where memory needs it with fused AdamW, with bf16 autocast or bf16 weights and fp32
+    masters (--precision bf16_master), eager and (with --compile) compiled."""
     ours = dict(precision="bf16", checkpointing=True, adamw="fused")
+    master = dict(ours, precision="bf16_master")
     settings = {
         f"original: fp32, no checkpointing, batch {b}": dict(precision="fp32", checkpointing=False),
         f"ours: bf16 + checkpointing, batch {b}": dict(precision="bf16", checkpointing=True),
         f"ours: bf16 + checkpointing of level 0, fused AdamW, batch {b}": dict(ours, levels=["0"]),
         f"ours: bf16 + checkpointing of levels 0 and 1, fused AdamW, batch {b}": dict(ours, levels=["0", "1"]),
+        f"ours: bf16_master + checkpointing of level 0, fused AdamW, batch {b}": dict(master, levels=["0"]),
+        f"ours: bf16_master + checkpointing of levels 0 and 1, fused AdamW, batch {b}": dict(master, levels=["0", "1"]),
     }
     if compiled:
         settings[f"ours: bf16 + checkpointing of levels 0 and 1, fused AdamW, compiled, batch {b}"] = dict(
