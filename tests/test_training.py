@@ -309,9 +309,18 @@ def test_fp16_on_cpu_is_refused_with_advice(tmp_path, encoder_dirs):
         train(tiny_config(tmp_path, data, encoder_dirs, max_steps=1, precision="fp16"))
 
 
-def test_sample_video_from_a_training_image(tmp_path, encoder_dirs):
+def test_bf16_master_is_a_precision_of_training_not_of_a_teacher(capsys):
+    parser = train_script.build_parser()
+    assert parser.parse_args(["--precision", "bf16_master"]).precision == "bf16_master"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--teacher_precision", "bf16_master"])
+    assert "invalid choice: 'bf16_master'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16_master"])  # bf16_master samples from its fp32 masters in bf16
+def test_sample_video_from_a_training_image(tmp_path, encoder_dirs, precision):
     data = write_projected_dataset(tmp_path / "data", videos=2)
-    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=2, sample_every=2, sample_steps=2, precision="bf16")
+    cfg = tiny_config(tmp_path, data, encoder_dirs, max_steps=2, sample_every=2, sample_steps=2, precision=precision)
     train(cfg)
     mp4 = Path(cfg.sample_dir) / "step_0000002.mp4"
     assert mp4.is_file() and mp4.stat().st_size > 0

@@ -538,12 +538,10 @@ def build_trainables(cfg: TrainConfig, env: DistEnv, config: ModelConfig, ckpt: 
         )  # fmt: skip
     if cfg.compile:
         model = torch.compile(model)  # the backward too (AOTAutograd); DDP's buckets split the graph
-    params = [p for p in objective.parameters() if p.requires_grad]
+    params = [p for p in objective.parameters() if p.requires_grad]  # the masters themselves but with bf16_master
     masters = [p for module in (unet, adapter) for p in module.parameters() if p.requires_grad]
-    opt = make_optimizer(
-        masters if cfg.precision in MASTER_PRECISIONS else params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        impl=cfg.adamw, model_params=params if cfg.precision in MASTER_PRECISIONS else None,
-    )  # fmt: skip
+    copies = params if cfg.precision in MASTER_PRECISIONS else None
+    opt = make_optimizer(masters, lr=cfg.lr, weight_decay=cfg.weight_decay, impl=cfg.adamw, model_params=copies)
     warmup = (lambda s: min(1.0, (s + 1) / cfg.warmup_steps)) if cfg.warmup_steps > 0 else (lambda s: 1.0)
     return dict(
         unet=unet,
