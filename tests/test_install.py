@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from models.commands import JOBS
+from models.serving.quickstart import PACKAGED_VAE
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -72,6 +73,8 @@ def test_pip_install_gives_the_commands_and_the_fashionflow_package(tmp_path):
     for job in ("train", "infer"):
         assert "usage:" in run(str(venv / "bin" / f"fashionflow-{job}"), "--help")
     assert "--train_steps" in run(str(python), "-m", "fashionflow", "quickstart", "--help")
+    packaged = "from fashionflow.serving.quickstart import PACKAGED_VAE as v; print(sorted(p.name for p in v.iterdir()))"
+    assert run(str(python), "-c", packaged).strip() == str(sorted(p.name for p in PACKAGED_VAE.iterdir()))
     found = run(
         str(python),
         "-c",

@@ -11,14 +11,19 @@ from PIL import Image
 from models.data.synthetic import clip_params, render_clip
 from models.data.video_io import read_video_frames
 from models.evaluation.metrics import psnr, ssim
+from models.serving import quickstart
 from models.serving.quickstart import (
     LABELS,
     METHODS,
+    PACKAGED_VAE,
+    PACKAGED_VAE_DATA_SEED,
     QuickstartConfig,
+    build_encoders,
     closing_message,
     figure_weights,
     garment_colour_error,
     garment_colour_errors,
+    make_vae,
     motion_magnitude,
     run,
 )
@@ -160,3 +165,43 @@ def test_opt_in_distillation_adds_the_students_row(short_run, tmp_path):
     assert (sidecar["sampler"], sidecar["steps"]) == ("lcm", 4)
     assert "| student |" in (tmp_path / "result" / "report.md").read_text()
     assert (Path(cfg.workdir) / "student" / "checkpoint" / "latest.pth").is_file()
+
+
+def held_out_vae_scores(vae_dir) -> tuple[float, float]:
+    """PSNR and garment colour error of `vae_dir`'s reconstructions of seed 0's held-out clips, through the loader
+    `--vae` uses."""
+    from models.networks.encoders import FrozenEncoders
+
+    encoders = FrozenEncoders.from_pretrained(vae=str(vae_dir), clip=None, preprocessing="standard")
+    psnrs, errors = [], []
+    for index in range(4):
+        clip, masks = render_clip(clip_params(0, "test", index), 8, SIZE, garment_masks=True)
+        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            recon = encoders.decode_latents(encoders.encode_posterior(frames).mode() * encoders.latent_scale)
+        psnrs.append(psnr(recon, frames).mean().item())
+        errors.append(garment_colour_error(recon, frames, masks))
+    return float(np.mean(psnrs)), float(np.mean(errors))
+
+
+def test_the_packaged_vae_keeps_held_out_garment_colours():
+    """The tiny VAE that ships with the package never saw the quickstart's clips (its own seed's videos) and gives
+    them back with their colours: what a committed refit must still do."""
+    info = json.loads((PACKAGED_VAE / "fit.json").read_text())
+    assert info["vae"] == "packaged" and info["fit"]["data_seed"] == PACKAGED_VAE_DATA_SEED
+    reconstruction_psnr, colour_error = held_out_vae_scores(PACKAGED_VAE)
+    assert reconstruction_psnr > 26 and colour_error < 20, (reconstruction_psnr, colour_error)
+
+
+def test_make_vae_writes_what_the_quickstart_loads(tmp_path, monkeypatch):
+    info = make_vae(tmp_path / "vae", workdir=tmp_path / "videos", n_videos=2, steps=3, batch=4, progress=False)
+    assert info["vae"] == "packaged" and info["vae_steps"] == 3 and info["fit"]["n_videos"] == 2
+    assert json.loads((tmp_path / "vae" / "fit.json").read_text()) == info
+    assert len(list((tmp_path / "videos" / "train").glob("*.mp4"))) == 2
+    monkeypatch.setattr(quickstart, "PACKAGED_VAE", tmp_path / "vae")
+    cfg = QuickstartConfig(workdir=str(tmp_path / "work"), progress=False)
+    assert build_encoders(cfg, [], SIZE) == info  # vae_steps 0: the packaged VAE is copied, not fitted
+    assert (cfg.vae_dir / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
+    held_out_vae_scores(cfg.vae_dir)  # loads through --vae's loader

@@ -1,12 +1,14 @@
 """The offline quickstart: FashionFlow end to end on a laptop CPU, no GPU and no hub access.
 
-    python -m models quickstart                      # 3 to 11 minutes on 2 CPU cores; rerun to reuse what is built
-    python -m models quickstart --train_steps 1500   # train longer (resumes the run in quickstart/checkpoint)
+    python -m models quickstart                      # about 5 minutes on 2 CPU cores; rerun to reuse what is built
+    python -m models quickstart --train_steps 3000   # train longer (resumes the run in quickstart/checkpoint)
 
 Stages, each through the code path a paper-scale run uses, each skipped on a rerun when its output exists:
 1. a seeded synthetic fashion-video dataset (models/data/synthetic.py) in the `fashion_dataset/{train,test}` layout;
-2. tiny real encoders: an `AutoencoderKL` fitted briefly to the training frames and a `CLIPVisionModel`,
-   written with `save_pretrained` and loaded back through `--vae` / `--clip` like the real ones;
+2. tiny real encoders: the package's pretrained `AutoencoderKL` (`models/serving/quickstart_vae/`, fitted once on
+   synthetic videos of its own seed by `--make_vae`, as Stable Diffusion's VAE was fitted once on other images;
+   `--vae_steps N` fits one on this run's videos instead) and a seeded `CLIPVisionModel`, written with
+   `save_pretrained` and loaded back through `--vae` / `--clip` like the real ones;
 3. projection, training (tiny preset, TensorBoard, checkpoints, sample videos) and animation of the held-out
    test stills, for the trained model and for an untrained one, through the package functions that
    `project_latent_space.py`, `train.py` and `inference.py` call (`projection.project`, `training.train`,
@@ -20,7 +22,9 @@ The exit status is 1 when the trained model does not clearly beat the untrained 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -54,12 +58,12 @@ class QuickstartConfig:
     n_test: int = 4
     video_frames: int = 24  # frames per synthetic video; the tiny model samples 8-frame clips from them
     clips_per_video: int = 2
-    vae_steps: int = 400
+    vae_steps: int = 0  # 0: the packaged pretrained tiny VAE (`make_vae`); N: fit one on this run's videos for N steps
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_figure_boost: float = 12.0  # extra weight of the figure's pixels in the VAE's reconstruction loss
-    train_steps: int = 1200
+    train_steps: int = 2000  # the scores stop rising here (1200: 19.3 dB, 1600: 20.1, 2000: 20.8, 2400: 20.7, 3200: 20.6)
     batch_size: int = 4
     lr: float = 1e-3
     ema_decay: float = 0.995  # a short run: average over ~200 steps, not the paper's 10,000
@@ -119,12 +123,14 @@ def figure_weights(frames: torch.Tensor, boost: float, threshold: float = 0.1) -
 
 def fit_tiny_vae(
     videos: list[Path], *, size, steps: int, batch: int, lr: float, kl_weight: float, figure_boost: float, seed: int,
-    progress=True,
+    lr_floor: float | None = None, progress=True,
 ):  # fmt: skip
     """A tiny AutoencoderKL fitted to the frames of `videos` (reconstruction + a small KL term), eval mode.
 
     The reconstruction error counts `1 + figure_boost` times on the figure: the backdrop fills most of each
     frame, and without the boost a minute of fitting spends itself there and leaves garment colours off.
+    The learning rate is constant, or with `lr_floor` decays along a cosine to `lr_floor * lr` (a short fit is
+    far from converged and only slows with a decay; a long one settles with it).
     Its `scaling_factor` is set to 1 / std of the latents, as Stable Diffusion's 0.18215 was, so the diffusion
     model sees latents of unit variance. Frames go in on [-1, 1], the 'standard' preprocessing of the tiny preset.
     """
@@ -137,6 +143,8 @@ def fit_tiny_vae(
     weights = figure_weights(frames, figure_boost)
     vae = build_tiny_vae(seed).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    decay = (lambda s: lr_floor + (1 - lr_floor) * (1 + math.cos(math.pi * s / steps)) / 2) if lr_floor is not None else None
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, decay) if decay else None
     g = torch.Generator().manual_seed(seed)
     bar = progress_bar(range(steps), desc="fit tiny VAE", disable=not progress)
     for _ in bar:
@@ -149,6 +157,8 @@ def fit_tiny_vae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         bar.set_postfix(mse=f"{mse.item():.4f}")
     vae.eval()
     with torch.no_grad():
@@ -158,7 +168,57 @@ def fit_tiny_vae(
     return vae, float(psnr((recon.clamp(-1, 1) + 1) / 2, (frames + 1) / 2).mean())
 
 
+PACKAGED_VAE = Path(__file__).with_name("quickstart_vae")  # the tiny VAE that ships with the package (`make_vae`)
+PACKAGED_VAE_DATA_SEED = 777  # its fitting videos' seed: other figures and garments than any quickstart seed's clips
+
+
+def make_vae(
+    directory: Path, *, workdir: Path, n_videos: int = 200, steps: int = 3000, batch: int = 32, lr: float = 2e-3,
+    lr_floor: float = 0.1, seed: int = 0, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Fit the quickstart's pretrained tiny VAE, as `python -m models quickstart --make_vae DIR` does, into `directory`
+    (`save_pretrained` and `fit.json`, how it was made): `n_videos` synthetic videos of their own seed
+    (`PACKAGED_VAE_DATA_SEED`, written under `workdir`), `steps` steps with a cosine decay. The package's copy
+    (`PACKAGED_VAE`) was made by this function with its defaults; the quickstart then only loads it, as a
+    paper-scale run loads Stable Diffusion's VAE."""
+    from ..data.synthetic import make_synthetic_dataset
+
+    defaults = QuickstartConfig()
+    size = _tiny_image_size()
+    videos = make_synthetic_dataset(workdir, n_train=n_videos, n_test=0, frames=defaults.video_frames, size=size,
+                                    seed=PACKAGED_VAE_DATA_SEED)["train"]  # fmt: skip
+    start = time.perf_counter()
+    vae, psnr = fit_tiny_vae(
+        videos, size=size, steps=steps, batch=batch, lr=lr, kl_weight=defaults.vae_kl_weight,
+        figure_boost=defaults.vae_figure_boost, seed=seed, lr_floor=lr_floor, progress=progress,
+    )  # fmt: skip
+    info = {
+        "vae": "packaged",
+        "vae_reconstruction_psnr_db": psnr,  # on its own fitting frames
+        "vae_steps": steps,
+        "scaling_factor": vae.config.scaling_factor,
+        "fit": dict(n_videos=n_videos, data_seed=PACKAGED_VAE_DATA_SEED, frames_per_video=defaults.video_frames,
+                    batch=batch, lr=lr, lr_floor=lr_floor, seed=seed, seconds=round(time.perf_counter() - start)),
+        "made_by": f"python -m models quickstart --make_vae DIR ({machine()})",
+    }  # fmt: skip
+    _save_pretrained_atomically(vae, directory)
+    (directory / "fit.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _copy_packaged_vae(directory: Path) -> dict:
+    """The package's pretrained tiny VAE into `directory` (through a sibling folder, as `_save_pretrained_atomically`)."""
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(PACKAGED_VAE, partial)
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return json.loads((directory / "fit.json").read_text())
+
+
 def build_encoders(cfg: QuickstartConfig, train_videos: list[Path], size) -> dict:
+    """The tiny VAE (the packaged one, or with `cfg.vae_steps` one fitted here on `train_videos`) and a seeded tiny
+    CLIP, under `cfg.work / 'encoders'`; reused when there."""
     from ..networks.tiny_components import build_tiny_clip
 
     info_path = cfg.vae_dir.parent / "fit.json"
@@ -166,22 +226,28 @@ def build_encoders(cfg: QuickstartConfig, train_videos: list[Path], size) -> dic
         print(f"encoders: reusing {cfg.vae_dir} and {cfg.clip_dir}")
         return json.loads(info_path.read_text())
     start = time.perf_counter()
-    vae, psnr = fit_tiny_vae(
-        train_videos,
-        size=size,
-        steps=cfg.vae_steps,
-        batch=cfg.vae_batch,
-        lr=cfg.vae_lr,
-        kl_weight=cfg.vae_kl_weight,
-        figure_boost=cfg.vae_figure_boost,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
-    _save_pretrained_atomically(vae, cfg.vae_dir)
+    if cfg.vae_steps:
+        vae, psnr = fit_tiny_vae(
+            train_videos,
+            size=size,
+            steps=cfg.vae_steps,
+            batch=cfg.vae_batch,
+            lr=cfg.vae_lr,
+            kl_weight=cfg.vae_kl_weight,
+            figure_boost=cfg.vae_figure_boost,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        _save_pretrained_atomically(vae, cfg.vae_dir)
+        info = {"vae": "fitted", "vae_reconstruction_psnr_db": psnr, "vae_steps": cfg.vae_steps,
+                "scaling_factor": vae.config.scaling_factor}  # fmt: skip
+        said = f"tiny VAE fitted in {time.perf_counter() - start:.0f} s, reconstruction PSNR {psnr:.1f} dB"
+    else:
+        info = _copy_packaged_vae(cfg.vae_dir)
+        said = f"the packaged tiny VAE ({PACKAGED_VAE}; fitted for {info['vae_steps']} steps, `--make_vae`)"
     _save_pretrained_atomically(build_tiny_clip(cfg.seed), cfg.clip_dir)
-    info = {"vae_reconstruction_psnr_db": psnr, "vae_steps": cfg.vae_steps, "scaling_factor": vae.config.scaling_factor}
     info_path.write_text(json.dumps(info, indent=2))
-    print(f"encoders: tiny VAE fitted in {time.perf_counter() - start:.0f} s, reconstruction PSNR {psnr:.1f} dB")
+    print(f"encoders: {said}")
     return info
 
 
@@ -448,6 +514,15 @@ def _per_frame_table(methods: dict, key: str, first: int, digits: int) -> list[s
     return lines
 
 
+def vae_description(info: dict) -> str:
+    """Which tiny VAE a run used, from its encoders' `fit.json`."""
+    if info.get("vae") == "packaged":
+        fit = info["fit"]
+        return (f"the packaged pretrained one, fitted for {info['vae_steps']} steps on {fit['n_videos']} synthetic videos "
+                "of its own (`--make_vae`)")  # fmt: skip
+    return f"fitted on this run's training videos for {info['vae_steps']} steps (`--vae_steps`)"
+
+
 def report_markdown(report: dict) -> str:
     m, v = report["methods"], report["verdicts"]
     lines = [
@@ -461,9 +536,12 @@ def report_markdown(report: dict) -> str:
             f"model for {report['config']['distill_train_steps']} steps (`--distill`)."
             if STUDENT in m
             else ""
-        ),
+        )
+        + f" VAE: {vae_description(report['encoders'])}.",
         "",
-        f"Measured on {report['machine']}, seed {report['config']['seed']}: this run took {report['seconds']:.0f} s.",
+        f"Measured on {report['machine']}, seed {report['config']['seed']}: this run took {report['seconds']:.0f} s ("
+        + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report["stage_seconds"].items())
+        + "; a stage reused from an earlier run takes about nothing).",
         "",
         "| method | PSNR (dB) | SSIM | garment colour error | motion | motion / ground truth |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -511,33 +589,58 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def build_trained_model(cfg: QuickstartConfig) -> tuple[Path, dict, list[Path]]:
+class Stopwatch:
+    """Seconds per stage, in order: `with watch("training"): ...` adds to `watch.seconds["training"]`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def build_trained_model(cfg: QuickstartConfig, watch: Stopwatch | None = None) -> tuple[Path, dict, list[Path]]:
     """Stages 1-3 up to training: (trained checkpoint, encoder fit info, held-out test videos)."""
     from ..data.synthetic import make_synthetic_dataset
 
+    watch = watch or Stopwatch()
     size = _tiny_image_size()
-    data = make_synthetic_dataset(
-        cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, frames=cfg.video_frames, size=size, seed=cfg.seed
-    )
+    with watch("dataset"):
+        data = make_synthetic_dataset(
+            cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, frames=cfg.video_frames, size=size, seed=cfg.seed
+        )
     print(f"dataset: {cfg.dataset} ({data['written']} videos written, {data['reused']} reused)")
-    encoder_info = build_encoders(cfg, data["train"], size)
-    return train(cfg, project(cfg)), encoder_info, data["test"]
+    with watch("encoders"):
+        encoder_info = build_encoders(cfg, data["train"], size)
+    with watch("projection"):
+        latents = project(cfg)
+    with watch("training"):
+        trained = train(cfg, latents)
+    return trained, encoder_info, data["test"]
 
 
 def run(cfg: QuickstartConfig) -> dict:
     """All stages; returns the report (also written to `result_dir/report.{md,json}`)."""
-    started = time.perf_counter()
-    trained, encoder_info, _ = build_trained_model(cfg)
+    started, watch = time.perf_counter(), Stopwatch()
+    trained, encoder_info, _ = build_trained_model(cfg, watch)
     result = Path(cfg.result_dir)
-    videos = {
-        "trained": animate(cfg, trained, result / "trained"),
-        "untrained": animate(cfg, untrained_checkpoint(cfg, trained), result / "untrained"),
-    }
+    with watch("animation"):
+        videos = {
+            "trained": animate(cfg, trained, result / "trained"),
+            "untrained": animate(cfg, untrained_checkpoint(cfg, trained), result / "untrained"),
+        }
     if cfg.distill:
-        student = distill(cfg, trained, cfg.work / "fashion_dataset_tensor")
-        videos[STUDENT] = animate(cfg, student, result / STUDENT, sampler="lcm", steps=cfg.student_steps)
+        with watch("distillation"):
+            student = distill(cfg, trained, cfg.work / "fashion_dataset_tensor")
+            videos[STUDENT] = animate(cfg, student, result / STUDENT, sampler="lcm", steps=cfg.student_steps)
     size = _tiny_image_size()
-    report = evaluate(cfg, videos, size, grid=result / "grid.png")
+    with watch("report"):
+        report = evaluate(cfg, videos, size, grid=result / "grid.png")
     report.update(
         grid=str(result / "grid.png"),
         first_scored_frame=SCORED.first,
@@ -550,6 +653,7 @@ def run(cfg: QuickstartConfig) -> dict:
         config=asdict(cfg),
         machine=machine(),
         seconds=time.perf_counter() - started,
+        stage_seconds=watch.seconds,
     )
     result.mkdir(parents=True, exist_ok=True)
     (result / "report.json").write_text(json.dumps(report, indent=2))
@@ -583,7 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=defaults.workdir, help="dataset, encoders, latents, checkpoints and logs")
     p.add_argument("--result_dir", default=defaults.result_dir, help="videos and the report")
     p.add_argument("--train_steps", type=int, default=defaults.train_steps, help="training steps of the tiny model")
-    p.add_argument("--vae_steps", type=int, default=defaults.vae_steps, help="fitting steps of the tiny VAE")
+    p.add_argument(
+        "--vae_steps",
+        type=int,
+        default=defaults.vae_steps,
+        help="fit the tiny VAE on this run's videos for this many steps (default 0: load the packaged one)",
+    )
+    p.add_argument("--make_vae", metavar="DIR", help="only fit a pretrained tiny VAE, the packaged one's way, into DIR "
+                   "(its videos in DIR.videos/; about 20 minutes on 2 cores), then stop")  # fmt: skip
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dataset, encoders and training")
     p.add_argument("--distill", action="store_true", help="also distil a few-step student and add its row to the report")
     p.add_argument("--student_steps", type=int, default=defaults.student_steps, help="the student's sampling steps")
@@ -593,6 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.make_vae:
+        target = Path(args.make_vae)
+        info = make_vae(target, workdir=target.with_name(target.name + ".videos"), progress=not args.no_progress)
+        print(f"wrote {target}: reconstruction PSNR {info['vae_reconstruction_psnr_db']:.2f} dB on its fitting frames")
+        return 0
     cfg = QuickstartConfig(
         workdir=args.workdir,
         result_dir=args.result_dir,
