@@ -1037,3 +1037,14 @@ def test_with_a_progress_bar_the_loss_lines_give_way_to_the_bar(tmp_path, encode
     assert not [line for line in captured.out.splitlines() if ": loss " in line]
     final = captured.err.rsplit("train:", 1)[1]  # stderr is captured here: not a terminal
     assert "2/2" in final and "loss=" in final, captured.err
+
+
+def test_runs_started_within_one_second_keep_their_own_event_files(tmp_path):
+    from models.training.loop import open_log_writer
+
+    first, second = open_log_writer(str(tmp_path)), open_log_writer(str(tmp_path))
+    first.add_scalar("val/loss", 1.0, 2)
+    second.add_scalar("val/loss", 0.5, 4)
+    first.close(), second.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert read_scalars(tmp_path, "val/loss") == [(2, 1.0), (4, 0.5)]

@@ -668,9 +668,7 @@ def start_run(cfg: TrainConfig, env: DistEnv) -> TrainingRun:
     if run.step >= run.total_steps:
         say(f"step {run.step} reaches the {run.total_steps} steps asked for: nothing to train; raise --max_steps to go on")
     if env.is_main:
-        from tensorboardX import SummaryWriter
-
-        run.writer = SummaryWriter(cfg.log_dir)
+        run.writer = open_log_writer(cfg.log_dir)
         run.writer.add_text("config", config_text(run), run.step)
     run.start_step, run.started = run.step, time.perf_counter()
     return run
@@ -700,6 +698,14 @@ def restore_training_state(run: TrainingRun, ckpt: dict, path: Path) -> str:
         run.generator = rank_generator(run.cfg.seed + run.step, run.env.rank)
         run.epoch, run.start_batch = run.epoch + 1, 0
     return f"resuming from {path} at step {run.step} (epoch {run.epoch}, batch {run.start_batch})"
+
+
+def open_log_writer(log_dir: str):
+    """A TensorBoard writer with an event file of its own. tensorboardX names the file by the second and the host
+    only, so a run resumed within the second of the previous one's start would truncate that run's file."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(log_dir, filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
 
 def accumulate_gradients(run: TrainingRun, batches) -> dict:
