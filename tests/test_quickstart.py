@@ -205,3 +205,14 @@ def test_make_vae_writes_what_the_quickstart_loads(tmp_path, monkeypatch):
         tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
     ).read_bytes()
     held_out_vae_scores(cfg.vae_dir)  # loads through --vae's loader
+
+
+def test_an_incomplete_packaged_vae_says_what_to_do(tmp_path, monkeypatch):
+    folder = tmp_path / "quickstart_vae"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setattr(quickstart, "PACKAGED_VAE", folder)
+    cfg = QuickstartConfig(workdir=str(tmp_path / "work"), progress=False)
+    with pytest.raises(FileNotFoundError, match="lacks diffusion_pytorch_model.safetensors, fit.json.*--vae_steps 400"):
+        build_encoders(cfg, [], SIZE)
+    assert not cfg.vae_dir.exists()  # nothing half-copied left to be reused

@@ -99,13 +99,17 @@ def _tiny_image_size() -> tuple[int, int]:
     return image_size_for(get_preset("tiny").latent_size, vae_downscale(tiny_vae_config()))
 
 
-def _save_pretrained_atomically(model, directory: Path) -> None:
-    """save_pretrained into a sibling folder, then rename: an interrupted save never looks complete."""
+def _write_folder_atomically(directory: Path, write) -> None:
+    """`write(folder)` into a sibling folder, then rename it to `directory`: an interrupted write never looks complete."""
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    write(partial)
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
+
+
+def _save_pretrained_atomically(model, directory: Path) -> None:
+    _write_folder_atomically(directory, model.save_pretrained)
 
 
 # ---- stage 2: tiny real encoders
@@ -169,6 +173,7 @@ def fit_tiny_vae(
 
 
 PACKAGED_VAE = Path(__file__).with_name("quickstart_vae")  # the tiny VAE that ships with the package (`make_vae`)
+PACKAGED_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "fit.json")
 PACKAGED_VAE_DATA_SEED = 777  # its fitting videos' seed: other figures and garments than any quickstart seed's clips
 
 
@@ -207,12 +212,15 @@ def make_vae(
 
 
 def _copy_packaged_vae(directory: Path) -> dict:
-    """The package's pretrained tiny VAE into `directory` (through a sibling folder, as `_save_pretrained_atomically`)."""
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(PACKAGED_VAE, partial)
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
+    """The package's pretrained tiny VAE into `directory`; its `fit.json`."""
+    missing = [name for name in PACKAGED_VAE_FILES if not (PACKAGED_VAE / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the quickstart's pretrained tiny VAE is incomplete: {PACKAGED_VAE} lacks {', '.join(missing)}. Restore it "
+            "from the repository (git checkout -- models/serving/quickstart_vae), reinstall the package, or fit one "
+            "in this run with --vae_steps 400"
+        )
+    _write_folder_atomically(directory, lambda folder: shutil.copytree(PACKAGED_VAE, folder))
     return json.loads((directory / "fit.json").read_text())
 
 
@@ -694,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the tiny VAE on this run's videos for this many steps (default 0: load the packaged one)",
     )
     p.add_argument("--make_vae", metavar="DIR", help="only fit a pretrained tiny VAE, the packaged one's way, into DIR "
-                   "(its videos in DIR.videos/; about 20 minutes on 2 cores), then stop")  # fmt: skip
+                   "(its videos in DIR.videos/; the packaged one took 58 minutes on 2 shared cores), then stop")  # fmt: skip
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dataset, encoders and training")
     p.add_argument("--distill", action="store_true", help="also distil a few-step student and add its row to the report")
     p.add_argument("--student_steps", type=int, default=defaults.student_steps, help="the student's sampling steps")
