@@ -924,7 +924,7 @@ def test_a_run_says_what_it_will_do_each_checkpoint_and_validation_and_sums_up(t
     assert start["batch"] == "2 per process x 1 accumulated x 1 process = 2 clips per step"
     assert start["steps"] == "2 per epoch; training to step 3"
     assert start["precision"] == "fp32"
-    assert start["step"] == "foreach AdamW, eager"  # fused on a GPU
+    assert start["step"] == "fused AdamW, eager"  # 'auto' fuses on the CPU too
     assert start["checkpoints"] == f"{ckpt_dir}/step_<n>.pth every 2 steps and at the end, every one kept"
     assert start["logs"] == f"tensorboard --logdir {log_dir} (loss every 2 steps)"
     assert start["samples"].endswith("every 3 steps and at the end, from held-out clip test00")

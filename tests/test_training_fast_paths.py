@@ -83,7 +83,7 @@ def test_fused_adamw_makes_the_update_of_foreach():
         torch.testing.assert_close(updated["fused"][name], p, rtol=1e-6, atol=1e-7, msg=name)
         moved += not torch.equal(p, dict(objective.named_parameters())[name])
     assert moved > 0
-    assert make_optimizer(objective.parameters(), lr=1e-3, weight_decay=0, impl="auto").defaults["fused"] is False  # CPU
+    assert make_optimizer(objective.parameters(), lr=1e-3, weight_decay=0, impl="auto").defaults["fused"] is True  # CPU
     with pytest.raises(ValueError, match="--adamw must be one of"):
         make_optimizer(objective.parameters(), lr=1e-3, weight_decay=0, impl="apex")
 

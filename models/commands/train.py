@@ -27,7 +27,7 @@ HELP = {
     "output_dir": "checkpoint folder (step_<n>.pth, latest.pth); on several nodes it must be shared storage",
     "log_dir": "TensorBoard event folder",
     "sample_dir": "folder for the periodic sample videos (mp4)",
-    "preset": "model configuration for a fresh run: 'paper' or 'tiny' (a resumed run keeps its checkpoint's)",
+    "preset": "model configuration for a fresh run: 'paper', 'tiny' or 'quickstart' (a resumed run keeps its checkpoint's)",
     "preprocessing": "encoder input convention: 'legacy' (the released checkpoint's) or 'standard'; default: the preset's",
     "vae": "VAE to load (hub id or local folder); default: the model config's",
     "clip": "CLIP vision model to load (hub id or local folder); default: the model config's",
@@ -48,7 +48,8 @@ HELP = {
     "grad_checkpointing": "recompute UNet activations in the backward pass to save memory",
     "checkpoint_levels": "with --grad_checkpointing, the UNet levels recomputed: 'all', or a comma list of levels "
     "counted from the top (highest resolution) and 'mid', e.g. '0' or '0,1' (the top levels hold most activations)",
-    "adamw": "AdamW implementation: 'fused' (one kernel per update), 'foreach', or 'auto' (fused on a GPU, else foreach)",
+    "adamw": "AdamW implementation: 'fused' (one kernel per update), 'foreach', or 'auto' (fused on a GPU and the CPU, "
+    "else foreach)",
     "memory_budget": "GiB one process may use: gradient checkpointing (and with --batch_size auto, the batch) is chosen "
     "by a probe at the start as the fastest setting that fits; with --batch_size auto and no budget, 90%% of the GPU "
     "(half the machine's memory on a CPU)",
