@@ -8,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from models.core.config import get_preset
 from models.data.synthetic import clip_params, render_clip
 from models.data.video_io import read_video_frames
 from models.evaluation.metrics import psnr, ssim
+from models.networks.checkpoint import read_checkpoint
 from models.serving import quickstart
 from models.serving.quickstart import (
     LABELS,
@@ -65,6 +67,8 @@ def test_outputs_are_playable_files(short_run):
     assert list((work / "video_progress").glob("events.out.tfevents.*"))
     assert (work / "training_sample" / "step_0000004.mp4").is_file()
     assert Path(report["trained_checkpoint"]).is_file()
+    trained_config = read_checkpoint(report["trained_checkpoint"])["config"]
+    assert trained_config.self_attns == get_preset("quickstart").self_attns == (True, True)  # not the tiny preset's
     assert (work / "encoders" / "vae" / "config.json").is_file() and (work / "encoders" / "clip" / "config.json").is_file()
     assert json.loads((result / "report.json").read_text())["methods"].keys() == set(METHODS)
     md = (result / "report.md").read_text()
