@@ -1,6 +1,7 @@
 """The offline quickstart, shortened: every stage runs through the real scripts with a few steps each."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,17 @@ def test_rerun_reuses_every_stage(short_run):
     again = run(cfg)
     assert [p.stat().st_mtime_ns for p in watched] == before
     assert again["methods"] == report["methods"]
+
+
+def test_the_animations_take_the_sampling_steps_asked_for(short_run, tmp_path):
+    cfg, report = short_run
+    assert report["sampling_steps"] == 25 and "sampled with 25 DDPM steps" in (Path(cfg.result_dir) / "report.md").read_text()
+    fewer = replace(cfg, sample_steps=3)
+    videos = quickstart.animate(fewer, Path(report["trained_checkpoint"]), tmp_path / "trained")
+    assert [json.loads(v.with_suffix(".json").read_text())["steps"] for v in videos] == [3, 3]
+    default = read_video_frames(report["per_video"]["trained"][0]["video"])
+    assert not torch.equal(read_video_frames(videos[0]), default)
+    assert quickstart.build_parser().parse_args(["--sample_steps", "100"]).sample_steps == 100
 
 
 def test_garment_masks_follow_the_garment():
