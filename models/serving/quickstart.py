@@ -73,7 +73,7 @@ class QuickstartConfig:
     ema_decay: float = 0.995
     sample_every: int = 400
     sample_steps: int | None = None  # DDPM steps of the animations; None: the pipeline's default, 25 (100 keep the
-    # garment better, 21.2 against 28.3, but animating takes ~30 s more: docs/DESIGN.md)
+    # garment better, 21.2 against 28.3, but animating takes 37 s instead of 12 s: docs/DESIGN.md)
     distill: bool = False  # also distil a few-step student from the trained model (train.py --distill_from)
     distill_train_steps: int = 600
     distill_lr: float = 2e-4
@@ -716,8 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dataset, encoders and training")
     p.add_argument("--distill", action="store_true", help="also distil a few-step student and add its row to the report")
     p.add_argument("--student_steps", type=int, default=defaults.student_steps, help="the student's sampling steps")
-    p.add_argument("--sample_steps", type=int, default=defaults.sample_steps, help="DDPM steps of the animations "
-                   "(default: the pipeline's 25; a rerun with another count animates again and reuses the rest)")
+    p.add_argument(
+        "--sample_steps",
+        type=int,
+        default=defaults.sample_steps,
+        help="DDPM steps of the animations "
+        "(default: the pipeline's 25; a rerun with another count animates again and reuses the rest)",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
 
