@@ -49,6 +49,7 @@ def short_run(tmp_path_factory):
         train_steps=4,
         batch_size=2,
         sample_every=4,
+        sample_steps=5,
         progress=False,
     )
     torch.manual_seed(0)
@@ -136,13 +137,14 @@ def test_rerun_reuses_every_stage(short_run):
 
 def test_the_animations_take_the_sampling_steps_asked_for(short_run, tmp_path):
     cfg, report = short_run
-    assert report["sampling_steps"] == 25 and "sampled with 25 DDPM steps" in (Path(cfg.result_dir) / "report.md").read_text()
+    assert report["sampling_steps"] == 5 and "sampled with 5 DDPM steps" in (Path(cfg.result_dir) / "report.md").read_text()
     fewer = replace(cfg, sample_steps=3)
     videos = quickstart.animate(fewer, Path(report["trained_checkpoint"]), tmp_path / "trained")
     assert [json.loads(v.with_suffix(".json").read_text())["steps"] for v in videos] == [3, 3]
     default = read_video_frames(report["per_video"]["trained"][0]["video"])
     assert not torch.equal(read_video_frames(videos[0]), default)
-    assert quickstart.build_parser().parse_args(["--sample_steps", "100"]).sample_steps == 100
+    assert quickstart.build_parser().parse_args([]).sample_steps == QuickstartConfig().sample_steps == 100
+    assert quickstart.build_parser().parse_args(["--sample_steps", "25"]).sample_steps == 25
 
 
 def test_garment_masks_follow_the_garment():
