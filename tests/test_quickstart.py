@@ -135,7 +135,7 @@ def test_rerun_reuses_every_stage(short_run):
     assert again["methods"] == report["methods"]
 
 
-def test_the_animations_take_the_sampling_steps_asked_for(short_run, tmp_path):
+def test_the_animations_take_the_sampling_steps_asked_for(short_run, tmp_path, capsys):
     cfg, report = short_run
     assert report["sampling_steps"] == 5 and "sampled with 5 DDPM steps" in (Path(cfg.result_dir) / "report.md").read_text()
     fewer = replace(cfg, sample_steps=3)
@@ -145,6 +145,9 @@ def test_the_animations_take_the_sampling_steps_asked_for(short_run, tmp_path):
     assert not torch.equal(read_video_frames(videos[0]), default)
     assert quickstart.build_parser().parse_args([]).sample_steps == QuickstartConfig().sample_steps == 100
     assert quickstart.build_parser().parse_args(["--sample_steps", "25"]).sample_steps == 25
+    with pytest.raises(SystemExit):
+        quickstart.build_parser().parse_args(["--sample_steps", "0"])  # not silently the default
+    assert "expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_garment_masks_follow_the_garment():

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.cli import positive_int
 from ..evaluation.metrics import psnr as metric_psnr
 from ..evaluation.scoring import ScoredFrames, mean_psnr_ssim
 
@@ -659,12 +660,13 @@ def run(cfg: QuickstartConfig) -> dict:
     size = _tiny_image_size()
     with watch("report"):
         report = evaluate(cfg, videos, size, grid=result / "grid.png")
+    sidecar = json.loads(videos["trained"][0].with_suffix(".json").read_text())  # how the trained videos were made
     report.update(
         grid=str(result / "grid.png"),
         first_scored_frame=SCORED.first,
         test_clips=len(videos["trained"]),
-        frames=json.loads(videos["trained"][0].with_suffix(".json").read_text())["frames"],
-        sampling_steps=json.loads(videos["trained"][0].with_suffix(".json").read_text())["steps"],
+        frames=sidecar["frames"],
+        sampling_steps=sidecar["steps"],
         size=list(size),
         train_steps=cfg.train_steps,
         trained_checkpoint=str(trained),
@@ -719,10 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student_steps", type=int, default=defaults.student_steps, help="the student's sampling steps")
     p.add_argument(
         "--sample_steps",
-        type=int,
+        type=positive_int,
         default=defaults.sample_steps,
-        help="DDPM steps of the animations "
-        "(default: 100; a rerun with another count animates again and reuses the rest)",
+        help=f"DDPM steps of the animations (default: {defaults.sample_steps}; a rerun with another count animates "
+        "again and reuses the rest)",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
